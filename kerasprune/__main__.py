@@ -1,0 +1,5 @@
+import sys
+
+from kerasprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``kerasprune`` subcommand (see ``kerasprune.cli``)."""

@@ -1,0 +1,35 @@
+"""``kerasprune train``: plain (dense) training of a model on a dataset."""
+import json
+
+from kerasprune.commands import _common
+
+HELP = "train a model (dense) and write a run folder"
+DESCRIPTION = """Train a model with SGD (paper defaults: lr 0.1, batch 100, momentum 0).
+
+Writes into --out: config.json, metrics.json (test_accuracy, test_loss, epochs_completed, ...),
+history.csv, TensorBoard logs (tensorboard/), the best checkpoint by validation loss, the initial
+weights (for lottery-ticket rewinding), and a SavedModel of the final model under saved_models/.
+Run the same command again to resume a killed run.
+
+example:
+  kerasprune train --model lenet300 --dataset mnist --epochs 1 --out runs/lenet300
+"""
+
+
+def add_arguments(parser):
+    _common.add_training_arguments(parser)
+    _common.add_data_arguments(parser)
+    _common.add_run_arguments(parser)
+
+
+def run(args):
+    from kerasprune.training import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, optimizer=args.optimizer,
+        val_fraction=args.val_fraction, split_seed=args.split_seed, data_dir=args.data_dir,
+        max_train_examples=args.max_train_examples, max_test_examples=args.max_test_examples,
+        strategy=args.strategy, export_dir=args.export_dir)
+    metrics = train(config, args.out)
+    print(json.dumps({k: metrics[k] for k in ("test_accuracy", "test_loss", "epochs_completed")}))

@@ -1,0 +1,114 @@
+"""The paper's networks, built by name: ``build("lenet300")``, ``build("lenet5")``, ``build("resnet32")``.
+
+Every model outputs logits and keeps each ReLU as its own ``ReLU`` layer, so the linear output that
+feeds it (the post-synaptic potential of the paper's eq. 2) is a tensor of the functional graph that
+a sub-model can expose. Models are built uncompiled and with standard layers only, so exported
+SavedModels load without kerasprune installed.
+"""
+from kerasprune._keras import keras
+from kerasprune.registry import Registry
+
+MODELS = Registry("model")
+
+# Input shape each model expects when no dataset says otherwise.
+DEFAULT_INPUT_SHAPES = {"lenet300": (28, 28, 1), "lenet5": (28, 28, 1), "resnet32": (32, 32, 3)}
+
+
+def build(name, input_shape=None, num_classes=10, seed=None, **options):
+    """Returns the uncompiled Keras model registered as ``name``.
+
+    Args:
+      name: a registered model name (see ``MODELS``).
+      input_shape: shape of one example, channels last; defaults to the model's paper dataset.
+      num_classes: number of output logits.
+      seed: if given, weights are initialised from this seed (the same seed gives the same weights).
+      **options: model-specific options (e.g. ``depth`` for ``resnet32``'s family).
+    """
+    factory = MODELS.get_or_raise(name)
+    if input_shape is None:
+        input_shape = DEFAULT_INPUT_SHAPES.get(name)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    return factory(tuple(input_shape), num_classes, **options)
+
+
+@MODELS.register("lenet300")
+def lenet300(input_shape, num_classes, hidden=(300, 100)):
+    """LeNet-300-100: a 784-300-100-10 perceptron (266,610 parameters on MNIST)."""
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for i, units in enumerate(hidden, start=1):
+        x = keras.layers.Dense(units, name=f"fc{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="lenet300")
+
+
+@MODELS.register("lenet5")
+def lenet5(input_shape, num_classes):
+    """Caffe's LeNet-5 as LOBSTER's code uses it (431,080 parameters on MNIST).
+
+    conv 20@5x5 -> ReLU -> max-pool 2 -> conv 50@5x5 -> ReLU -> max-pool 2 -> dense 500 -> ReLU -> dense.
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for i, filters in enumerate((20, 50), start=1):
+        x = keras.layers.Conv2D(filters, 5, name=f"conv{i}")(x)
+        x = keras.layers.ReLU(name=f"relu_conv{i}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(500, name="fc1")(x)
+    x = keras.layers.ReLU(name="relu_fc1")(x)
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="lenet5")
+
+
+def _shortcut_a(x, filters, stride, name):
+    """He et al.'s option-A shortcut: subsample by ``stride`` and zero-pad the new channels.
+
+    Built from standard layers (a 1x1 max-pool subsamples, ``Rescaling(0)`` makes the zero
+    channels), so no custom object is needed to load the model. Option A only ever doubles the
+    channels, so the zeros are appended rather than split on both sides: a permutation of channels
+    that the following convolutions learn around.
+    """
+    if stride != 1:
+        x = keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_subsample")(x)
+    missing = filters - x.shape[-1]
+    if missing == 0:
+        return x
+    if missing != x.shape[-1]:
+        raise ValueError(f"option-A shortcut doubles channels; got {x.shape[-1]} -> {filters}")
+    zeros = keras.layers.Rescaling(0.0, name=f"{name}_zeros")(x)
+    return keras.layers.Concatenate(name=f"{name}_pad")([x, zeros])
+
+
+def _basic_block(x, filters, stride, name):
+    init = "he_normal"  # a name, so each layer gets its own (seeded-by-global-seed) initializer
+    y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                            kernel_initializer=init, name=f"{name}_conv1")(x)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init,
+                            name=f"{name}_conv2")(y)
+    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = keras.layers.Add(name=f"{name}_add")([y, _shortcut_a(x, filters, stride, f"{name}_short")])
+    return keras.layers.ReLU(name=f"{name}_relu2")(y)
+
+
+@MODELS.register("resnet32")
+def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64)):
+    """He et al.'s CIFAR ResNet-(6n+2), n=5: 3 stages of basic blocks, 16/32/64 filters,
+    batch norm and option-A (parameter-free) shortcuts, as in akamaster/pytorch_resnet_cifar10."""
+    init = "he_normal"  # a name, so each layer gets its own (seeded-by-global-seed) initializer
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=init,
+                            name="stem_conv")(inputs)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    for stage, filters in enumerate(widths, start=1):
+        for block in range(1, blocks_per_stage + 1):
+            stride = 2 if stage > 1 and block == 1 else 1
+            x = _basic_block(x, filters, stride, name=f"stage{stage}_block{block}")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer=init, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"resnet{6 * blocks_per_stage + 2}")

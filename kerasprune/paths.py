@@ -1,0 +1,29 @@
+"""Every file and folder name inside a run folder, in one place (no TensorFlow import)."""
+import hashlib
+import os
+
+CONFIG = "config.json"  # the resolved configuration, written before any work starts
+METRICS = "metrics.json"  # final numbers of the run
+HISTORY = "history.csv"  # one row per epoch (Keras CSVLogger, appended across resumes)
+TENSORBOARD = "tensorboard"
+BACKUP = "backup"  # BackupAndRestore state: a killed run resumes from here
+BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")  # best by validation loss
+INITIAL_WEIGHTS = "initial.weights.h5"  # weights at initialisation, for lottery-ticket rewinding
+
+SAVED_MODELS_ENV = "KERASPRUNE_SAVED_MODELS"
+
+
+def run_file(run_dir, name):
+    return os.path.join(run_dir, name)
+
+
+def saved_models_root(export_dir=None):
+    """Root of SavedModel exports: ``export_dir``, ``$KERASPRUNE_SAVED_MODELS`` or ``./saved_models``."""
+    return export_dir or os.environ.get(SAVED_MODELS_ENV) or "saved_models"
+
+
+def export_path(run_dir, export_dir=None, tag="final"):
+    """``<root>/<run folder name>_<hash of its absolute path>/<tag>``: readable and collision-free."""
+    run_dir = os.path.abspath(run_dir)
+    digest = hashlib.sha1(run_dir.encode()).hexdigest()[:8]
+    return os.path.join(saved_models_root(export_dir), f"{os.path.basename(run_dir)}_{digest}", tag)

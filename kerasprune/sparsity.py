@@ -1,0 +1,167 @@
+"""Sparsity accounting shared by the whole project: % pruned parameters and % pruned neurons.
+
+Which parameters count (and which LOBSTER regularises by default): kernels and biases of Dense and
+Conv layers and the gamma/beta of BatchNormalization layers. A parameter is pruned when its value is
+exactly zero (LOBSTER's masks and TF-MOT's wrappers both write zeros into the variable).
+
+A *neuron* is an output unit of a hidden Dense layer or an output channel (filter) of a hidden Conv
+layer; the logits layer has none. A neuron is pruned when it cannot carry information to the output:
+  - all its incoming weights are zero (its output is the constant ReLU(bias), foldable into the next
+    layer's bias), or
+  - all its outgoing weights are zero, or lead only to neurons that are pruned this way.
+Outgoing connections are followed through ReLU, pooling, dropout and flatten layers; a neuron whose
+output reaches a merge (Add, Concatenate) or a normalisation layer is judged on incoming weights only,
+since zero outgoing weights on one path do not silence it there.
+"""
+import dataclasses
+from typing import Dict
+
+import numpy as np
+
+from kerasprune._keras import keras
+
+DENSE_CONV = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+NORMS = (keras.layers.BatchNormalization,)
+# Layers that keep a channel a channel (so outgoing weights of a unit can be traced through them).
+PASSTHROUGH = (keras.layers.ReLU, keras.layers.Activation, keras.layers.MaxPooling1D,
+               keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
+               keras.layers.Flatten)
+DEFAULT_KINDS = ("kernel", "bias", "norm")
+
+
+def unwrap(layer):
+    """The layer inside a TF-MOT pruning wrapper (or the layer itself)."""
+    while isinstance(layer, keras.layers.Wrapper):
+        layer = layer.layer
+    return layer
+
+
+def prunable_variables(model, kinds=DEFAULT_KINDS):
+    """``[(layer_name, variable)]`` of the parameters that pruning acts on and sparsity counts.
+
+    Args:
+      kinds: subset of ``("kernel", "bias", "norm")``: Dense/Conv kernels, their biases, and the
+        gamma/beta of BatchNormalization layers.
+    """
+    unknown = set(kinds) - set(DEFAULT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown parameter kinds {sorted(unknown)}; valid: {DEFAULT_KINDS}")
+    out = []
+    for layer in _all_layers(model):
+        inner = unwrap(layer)
+        if isinstance(inner, DENSE_CONV):
+            if "kernel" in kinds:
+                out.append((layer.name, inner.kernel))
+            if "bias" in kinds and inner.use_bias:
+                out.append((layer.name, inner.bias))
+        elif isinstance(inner, NORMS) and "norm" in kinds:
+            out += [(layer.name, v) for v in (inner.gamma, inner.beta) if v is not None]
+    return out
+
+
+@dataclasses.dataclass
+class SparsityReport:
+    """Counts over the prunable parameters and hidden neurons of one model."""
+
+    params: int
+    pruned_params: int
+    neurons: int
+    pruned_neurons: int
+    per_layer: Dict[str, float]  # % pruned parameters of each layer
+    per_layer_neurons: Dict[str, float]  # % pruned neurons of each hidden Dense/Conv layer
+
+    @property
+    def pruned_params_pct(self):
+        return 100.0 * self.pruned_params / max(self.params, 1)
+
+    @property
+    def pruned_neurons_pct(self):
+        return 100.0 * self.pruned_neurons / max(self.neurons, 1)
+
+    def as_dict(self):
+        d = dataclasses.asdict(self)
+        d.update(pruned_params_pct=self.pruned_params_pct, pruned_neurons_pct=self.pruned_neurons_pct)
+        return d
+
+
+def report(model, kinds=DEFAULT_KINDS):
+    """The :class:`SparsityReport` of ``model``'s current weights."""
+    totals, zeros = {}, {}
+    for name, var in prunable_variables(model, kinds):
+        value = var.numpy()
+        totals[name] = totals.get(name, 0) + value.size
+        zeros[name] = zeros.get(name, 0) + int(np.count_nonzero(value == 0))
+    dead = pruned_neurons(model)
+    return SparsityReport(
+        params=sum(totals.values()), pruned_params=sum(zeros.values()),
+        neurons=sum(d.size for d in dead.values()), pruned_neurons=int(sum(d.sum() for d in dead.values())),
+        per_layer={n: 100.0 * zeros[n] / totals[n] for n in totals},
+        per_layer_neurons={n: 100.0 * d.mean() for n, d in dead.items()})
+
+
+def pruned_neurons(model):
+    """``{layer_name: bool array over output units}`` for every hidden Dense/Conv layer."""
+    layers = [l for l in _all_layers(model) if isinstance(unwrap(l), DENSE_CONV)]
+    successors = {l.name: _successor(l) for l in layers}
+    hidden = [l for l in layers if _reaches_any(l, layers)]
+    kernels = {l.name: unwrap(l).kernel.numpy() for l in layers}
+    incoming_dead = {l.name: ~np.any(kernels[l.name].reshape(-1, kernels[l.name].shape[-1]) != 0, axis=0)
+                     for l in hidden}
+    # Outgoing: walk from the output backwards, so "leads only to pruned neurons" is known downstream.
+    dead = {}
+    for layer in reversed(hidden):
+        d = incoming_dead[layer.name].copy()
+        succ = successors[layer.name]
+        if succ is not None:
+            w_next = kernels[succ.name]
+            # The next kernel's rows fed by each unit, as [position, unit, next_unit]: channels are
+            # last in Keras, so this one reshape serves Dense->Dense, Conv->Conv and Conv->Flatten->Dense.
+            rows = w_next.reshape(-1, d.size, w_next.shape[-1])
+            live_next = ~dead[succ.name] if succ.name in dead else np.ones(w_next.shape[-1], bool)
+            reaches_live = np.any(rows[:, :, live_next] != 0, axis=(0, 2))
+            d |= ~reaches_live
+        dead[layer.name] = d
+    return {l.name: dead[l.name] for l in hidden}
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def _consumers(layer):
+    return [node.outbound_layer for node in layer._outbound_nodes]
+
+
+def _successor(layer):
+    """The next Dense/Conv layer if this layer's output feeds exactly one, through channel-preserving
+    layers only; else None."""
+    current = layer
+    while True:
+        consumers = _consumers(current)
+        if len(consumers) != 1:
+            return None
+        current = consumers[0]
+        inner = unwrap(current)
+        if isinstance(inner, DENSE_CONV):
+            return current
+        if not isinstance(inner, PASSTHROUGH):
+            return None
+
+
+def _reaches_any(layer, candidates):
+    """True if some Dense/Conv layer lies downstream of ``layer`` (so ``layer`` is hidden)."""
+    names = {c.name for c in candidates}
+    seen, stack = set(), _consumers(layer)
+    while stack:
+        current = stack.pop()
+        if current.name in seen:
+            continue
+        seen.add(current.name)
+        if current.name in names:
+            return True
+        stack += _consumers(current)
+    return False

@@ -1,0 +1,249 @@
+"""Plain training of a model on a dataset, with the run folder every other stage builds on.
+
+``train(TrainConfig(...), out)`` writes into ``out``: ``config.json``, TensorBoard logs, ``history.csv``,
+the best checkpoint by validation loss, the initial weights (for lottery-ticket rewinding),
+``metrics.json``, and a SavedModel export of the final model. Running it again on the same folder
+resumes a killed run (Keras ``BackupAndRestore``) and returns at once if the run had finished.
+
+The pieces (:func:`make_optimizer`, :func:`compile_model`, :func:`run_callbacks`, :func:`fit_and_record`)
+are what LOBSTER and the one-shot baselines reuse, so all runs share one folder layout.
+"""
+import csv
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+from kerasprune import paths
+from kerasprune._keras import keras, tf
+from kerasprune.errors import KerasPruneError
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a plain training run (defaults: the paper code's SGD settings)."""
+
+    model: str = "lenet300"
+    dataset: str = "mnist"
+    epochs: int = 10
+    seed: int = 0
+    batch_size: int = 100  # global batch: split over the replicas of a distribution strategy
+    lr: float = 0.1
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    data_dir: Optional[str] = None
+    max_train_examples: Optional[int] = None
+    max_test_examples: Optional[int] = None
+    strategy: str = "default"
+    export_dir: Optional[str] = None  # root of SavedModel exports (default ./saved_models)
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise KerasPruneError(f"epochs must be >= 0, got {self.epochs}")
+        if self.lr <= 0:
+            raise KerasPruneError(f"lr must be positive, got {self.lr}")
+
+
+def make_optimizer(name="sgd", lr=0.1, momentum=0.0):
+    """A Keras optimizer by class name, case-insensitive (``sgd``, ``adam``, ``rmsprop``, ...).
+
+    ``momentum`` applies to optimizers that have one (SGD, RMSprop). We look the class up ourselves:
+    ``keras.optimizers.get`` returns the legacy (v2) classes for names, and kerasprune's optimizers
+    (LOBSTER) wrap the current ``keras.optimizers.Optimizer``.
+    """
+    classes = {n.lower(): c for n, c in vars(keras.optimizers).items()
+               if isinstance(c, type) and issubclass(c, keras.optimizers.Optimizer)
+               and c is not keras.optimizers.Optimizer}
+    if name.lower() not in classes:
+        raise KerasPruneError(f"unknown optimizer {name!r}; valid names are: {', '.join(sorted(classes))}")
+    cls = classes[name.lower()]
+    if momentum and "momentum" not in inspect.signature(cls).parameters:
+        raise KerasPruneError(f"optimizer {name!r} has no momentum; drop --momentum")
+    kwargs = {"momentum": momentum} if "momentum" in inspect.signature(cls).parameters else {}
+    return cls(learning_rate=lr, **kwargs)
+
+
+def compile_model(model, optimizer, **kwargs):
+    """Compiles for classification from logits (all kerasprune models output logits)."""
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], **kwargs)
+    return model
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Puts the current learning rate into the epoch logs (so TensorBoard and the CSV show it)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            lr = self.model.optimizer.learning_rate
+            if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+                lr = lr(self.model.optimizer.iterations)
+            logs["lr"] = float(keras.backend.get_value(lr))
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops training at the first NaN/inf loss and remembers where, so the run fails clearly."""
+
+    def __init__(self):
+        super().__init__()
+        self.where = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where = (self._epoch, batch)
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def raise_if_stopped(self):
+        if self.where is not None:
+            epoch, batch = self.where
+            raise KerasPruneError(f"the loss became NaN/inf at epoch {epoch + 1}, batch {batch + 1}: "
+                                  "training diverged; try a lower --lr")
+
+
+def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True):
+    """The callbacks every run gets: LR logging, NaN guard, CSV history, TensorBoard, best
+    checkpoint by ``monitor`` and (optionally) BackupAndRestore in ``run_dir``."""
+    from kerasprune.distribute import is_chief
+
+    history_path = paths.run_file(run_dir, paths.HISTORY)
+    callbacks = [LearningRateLogger(), StopOnNaN()]
+    if backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
+    if is_chief():
+        callbacks.append(keras.callbacks.CSVLogger(history_path, append=True))
+        callbacks.append(keras.callbacks.TensorBoard(paths.run_file(run_dir, paths.TENSORBOARD)))
+        if best_checkpoint:
+            best_path = paths.run_file(run_dir, paths.BEST_WEIGHTS)
+            os.makedirs(os.path.dirname(best_path), exist_ok=True)
+            callbacks.append(keras.callbacks.ModelCheckpoint(
+                best_path, monitor=monitor, save_best_only=True, save_weights_only=True,
+                initial_value_threshold=best_in_history(history_path, monitor)))
+    return callbacks
+
+
+def read_history(run_dir):
+    """The rows of ``history.csv`` (one per finished epoch), as dicts of floats."""
+    path = paths.run_file(run_dir, paths.HISTORY)
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def best_in_history(history_path, monitor):
+    """Lowest ``monitor`` so far (so a resumed run keeps the best checkpoint it already had)."""
+    rows = read_history(os.path.dirname(history_path))
+    values = [r[monitor] for r in rows if monitor in r and math.isfinite(r[monitor])]
+    return min(values) if values else None
+
+
+def fit_and_record(model, splits, run_dir, epochs, callbacks=(), verbose="auto"):
+    """``model.fit`` with the run callbacks plus ``callbacks``; returns the full epoch history rows."""
+    standard = run_callbacks(run_dir)
+    all_callbacks = standard[:1] + list(callbacks) + standard[1:]
+    start = time.time()
+    model.fit(splits.train, validation_data=splits.validation, epochs=epochs,
+              callbacks=all_callbacks, verbose=_verbosity(verbose))
+    next(c for c in standard if isinstance(c, StopOnNaN)).raise_if_stopped()
+    return read_history(run_dir), time.time() - start
+
+
+def _verbosity(verbose):
+    # Progress bars on a terminal; one line per epoch in logs and CI.
+    if verbose == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return verbose
+
+
+def write_json(path, data):
+    """Atomic JSON write: a killed process never leaves a half-written file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def export_saved_model(model, path):
+    """Writes a SavedModel loadable with ``tf.saved_model.load`` and ``tf_keras.models.load_model``."""
+    tmp = path.rstrip("/") + ".partial"
+    if os.path.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    model.save(tmp, save_format="tf", include_optimizer=False)
+    if os.path.exists(path):
+        tf.io.gfile.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate(model, dataset):
+    """``{"loss": ..., "accuracy": ...}`` of a compiled model on a dataset."""
+    return model.evaluate(dataset, verbose=0, return_dict=True)
+
+
+def train(config, out, verbose="auto"):
+    """Runs (or resumes, or returns the result of) one plain training run in folder ``out``."""
+    from kerasprune import data, models
+    from kerasprune.distribute import get_strategy, is_chief
+
+    metrics_path = paths.run_file(out, paths.METRICS)
+    if os.path.isfile(metrics_path):
+        done = read_json(metrics_path)
+        if done.get("epochs_completed", -1) == config.epochs:
+            print(f"{out}: already finished ({config.epochs} epochs); remove it to rerun")
+            return done
+        raise KerasPruneError(f"{out} holds a finished run of {done.get('epochs_completed')} epochs, "
+                              f"not {config.epochs}; choose another --out")
+    strategy = get_strategy(config.strategy)
+    keras.utils.set_random_seed(config.seed)  # before the pipelines: their shuffle seeds derive from it
+    os.makedirs(out, exist_ok=True)
+    if is_chief():
+        write_json(paths.run_file(out, paths.CONFIG), dataclasses.asdict(config))
+    splits = data.load(config.dataset, data_dir=config.data_dir, batch_size=config.batch_size,
+                       val_fraction=config.val_fraction, split_seed=config.split_seed,
+                       shuffle_seed=config.seed, max_train_examples=config.max_train_examples,
+                       max_test_examples=config.max_test_examples)
+    with strategy.scope():
+        model = models.build(config.model, input_shape=splits.spec.input_shape,
+                             num_classes=splits.spec.num_classes, seed=config.seed)
+        compile_model(model, make_optimizer(config.optimizer, config.lr, config.momentum))
+    initial = paths.run_file(out, paths.INITIAL_WEIGHTS)
+    if is_chief() and not os.path.isfile(initial):  # on resume, keep the true initial weights
+        model.save_weights(initial)
+    history, seconds = fit_and_record(model, splits, out, config.epochs, verbose=verbose)
+    test = evaluate(model, splits.test)
+    metrics = {
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "epochs_completed": len(history),
+        "best_val_loss": min((r["val_loss"] for r in history), default=None),
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "seconds_this_session": seconds,
+        "model": config.model, "dataset": config.dataset, "params": model.count_params(),
+    }
+    if is_chief():
+        metrics["saved_model"] = export_saved_model(model, paths.export_path(out, config.export_dir))
+        write_json(metrics_path, metrics)
+    return metrics

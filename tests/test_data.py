@@ -1,0 +1,107 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from kerasprune import data
+from kerasprune.errors import KerasPruneError
+
+
+# Fashion-MNIST's pixel std is 0.3530; 0.3205, the constant of the paper's code, is kept on purpose.
+@pytest.mark.parametrize("name,mean,std", [("mnist", 0.1307, 0.3081), ("fashion_mnist", 0.2860, 0.3530)])
+def test_idx_datasets_have_real_shapes_counts_and_paper_statistics(name, mean, std):
+    a = data.load_arrays(name)
+    assert a.x_train.shape == (54000, 28, 28, 1) and a.x_val.shape == (6000, 28, 28, 1)
+    assert a.x_test.shape == (10000, 28, 28, 1) and a.x_train.dtype == np.uint8
+    # Every class present in every split, in realistic numbers (MNIST/Fashion: 5.4k-6.7k per class).
+    for y, n in ((a.y_train, 54000), (a.y_val, 6000), (a.y_test, 10000)):
+        counts = np.bincount(y, minlength=10)
+        assert len(counts) == 10 and counts.min() > 0.08 * n and counts.sum() == n
+    # The paper's normalisation constants are the real statistics of the full training set.
+    full = np.concatenate([a.x_train, a.x_val]).astype(np.float64) / 255
+    assert abs(full.mean() - mean) < 1e-3 and abs(full.std() - std) < 1e-3
+
+
+def test_pipelines_normalise_to_zero_mean_unit_std():
+    splits = data.load("mnist", batch_size=500, max_test_examples=5000)
+    x = np.concatenate([b[0].numpy() for b in splits.test])
+    assert x.shape == (5000, 28, 28, 1)
+    assert abs(x.mean()) < 0.05 and abs(x.std() - 1) < 0.05
+    x, y = next(iter(splits.train))
+    assert x.shape == (500, 28, 28, 1) and y.dtype.name == "int64"
+
+
+def test_validation_is_a_seeded_disjoint_split_of_training():
+    train, val = data.split_indices(60000, 0.1, split_seed=0)
+    assert len(val) == 6000 and len(train) == 54000
+    assert not set(train) & set(val) and len(set(train) | set(val)) == 60000
+    again, _ = data.split_indices(60000, 0.1, split_seed=0)
+    other, _ = data.split_indices(60000, 0.1, split_seed=1)
+    assert np.array_equal(train, again) and not np.array_equal(train, other)
+
+
+def test_cifar10_jpeg_tree_loads_with_counts_and_channel_statistics():
+    a = data.load_arrays("cifar10")
+    assert a.x_train.shape == (45000, 32, 32, 3) and a.x_test.shape == (10000, 32, 32, 3)
+    assert np.array_equal(np.bincount(a.y_test), [1000] * 10)
+    assert np.array_equal(np.bincount(np.concatenate([a.y_train, a.y_val])), [5000] * 10)
+    mean = np.concatenate([a.x_train, a.x_val]).reshape(-1, 3).mean(0) / 255
+    np.testing.assert_allclose(mean, data.DATASETS["cifar10"].mean, atol=2e-3)
+
+
+def test_cifar10_training_batches_are_augmented_and_evaluation_batches_are_not():
+    splits = data.load("cifar10", batch_size=64, max_train_examples=64, val_fraction=0.0,
+                       max_test_examples=64)
+    first = np.concatenate([b[0].numpy() for b in splits.train])
+    second = np.concatenate([b[0].numpy() for b in splits.train])
+    assert first.shape == (64, 32, 32, 3)
+    # Crops and flips differ between epochs, evaluation images are identical.
+    assert not np.allclose(np.sort(first.ravel()), np.sort(second.ravel()))
+    t1 = np.concatenate([b[0].numpy() for b in splits.test])
+    t2 = np.concatenate([b[0].numpy() for b in splits.test])
+    assert np.array_equal(t1, t2)
+
+
+def test_any_class_per_folder_tree_loads(tmp_path):
+    src = os.path.join(os.environ["KERASPRUNE_DATA_DIR"], "cifar10_jpeg")
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            os.makedirs(tmp_path / split / cls)
+            for f in sorted(os.listdir(os.path.join(src, split, cls)))[:5]:
+                shutil.copy(os.path.join(src, split, cls, f), tmp_path / split / cls / f)
+    splits = data.load(str(tmp_path), batch_size=4, val_fraction=0.2)
+    assert splits.spec.num_classes == 2 and splits.spec.input_shape == (32, 32, 3)
+    assert sum(len(b[1]) for b in splits.test) == 10
+    assert sum(len(b[1]) for b in splits.train) == 8
+
+
+def test_unknown_dataset_names_the_valid_ones():
+    with pytest.raises(KerasPruneError, match="valid names are: cifar10, fashion_mnist, mnist"):
+        data.load("imagenet")
+
+
+def test_data_dir_without_the_files_says_what_is_expected(tmp_path):
+    with pytest.raises(KerasPruneError, match="has no mnist/ folder"):
+        data.load("mnist", data_dir=str(tmp_path))
+    os.makedirs(tmp_path / "mnist")
+    with pytest.raises(KerasPruneError, match="lacks train-images-idx3-ubyte.gz"):
+        data.load("mnist", data_dir=str(tmp_path))
+
+
+def test_corrupt_file_gets_the_checksum_explained(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERASPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    shutil.copytree(os.path.join(os.environ["KERASPRUNE_DATA_DIR"], "mnist"), tmp_path / "mnist")
+    with open(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", "r+b") as f:
+        f.seek(100)
+        f.write(b"corrupt")
+    with pytest.raises(KerasPruneError, match="does not match the checksum"):
+        data.load("mnist", data_dir=str(tmp_path))
+
+
+def test_offline_without_data_dir_says_how_to_provide_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("KERASPRUNE_DATA_DIR")
+    monkeypatch.setenv("KERASPRUNE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", "no-such-host.invalid")
+    with pytest.raises(KerasPruneError, match="cannot be downloaded.*set KERASPRUNE_DATA_DIR"):
+        data.load("mnist")

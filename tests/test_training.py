@@ -1,0 +1,112 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kerasprune import cli, paths, training
+from kerasprune._keras import keras, tf
+from kerasprune.errors import KerasPruneError
+
+
+def small(**kw):
+    base = dict(model="lenet300", dataset="mnist", epochs=2, max_train_examples=2000,
+                max_test_examples=500)
+    base.update(kw)
+    return training.TrainConfig(**base)
+
+
+def test_one_epoch_of_lenet300_on_real_mnist_reaches_90_percent(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--model", "lenet300", "--dataset", "mnist", "--epochs", "1",
+                     "--seed", "0", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 1
+    assert metrics["test_accuracy"] >= 0.90
+    assert metrics["test_loss"] < 0.35
+    for name in (paths.CONFIG, paths.HISTORY, paths.INITIAL_WEIGHTS, paths.BEST_WEIGHTS):
+        assert (out / name).exists(), name
+    assert os.listdir(out / paths.TENSORBOARD)
+    assert "test_accuracy" in capsys.readouterr().out
+
+
+def test_saved_model_round_trip_gives_the_same_outputs(tmp_path, mnist_small):
+    metrics = training.train(small(epochs=1), str(tmp_path / "run"))
+    x, _ = next(iter(mnist_small.test))
+    keras_model = keras.models.load_model(metrics["saved_model"])
+    raw = tf.saved_model.load(metrics["saved_model"])
+    expected = keras_model(x).numpy()
+    np.testing.assert_allclose(raw.signatures["serving_default"](image=x)["logits"].numpy(),
+                               expected, rtol=1e-5, atol=1e-5)
+    # The export is the trained model: its test accuracy is the one in metrics.json.
+    keras_model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                        metrics=["accuracy"])
+    data_splits = __import__("kerasprune.data", fromlist=["load"]).load(
+        "mnist", max_train_examples=2000, max_test_examples=500)
+    assert keras_model.evaluate(data_splits.test, verbose=0)[1] == pytest.approx(
+        metrics["test_accuracy"], abs=1e-6)
+
+
+class _Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("simulated kill")
+
+
+def test_interrupted_run_resumes_the_epoch_count(tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    original = training.fit_and_record
+    monkeypatch.setattr(training, "fit_and_record",
+                        lambda *a, **kw: original(*a, callbacks=[_Crash()], **kw))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        training.train(small(epochs=4), out)
+    monkeypatch.setattr(training, "fit_and_record", original)
+    initial = open(os.path.join(out, paths.INITIAL_WEIGHTS), "rb").read()
+    metrics = training.train(small(epochs=4), out)
+    assert metrics["epochs_completed"] == 4
+    epochs = [int(r["epoch"]) for r in training.read_history(out)]
+    # Epoch 1 ended but crashed before BackupAndRestore saved it, so it is redone once.
+    assert epochs[-2:] == [2, 3] and epochs[0] == 0 and len(epochs) <= 5
+    assert open(os.path.join(out, paths.INITIAL_WEIGHTS), "rb").read() == initial
+    # Running the finished command again does not train again.
+    assert training.train(small(epochs=4), out) == metrics
+
+
+def test_same_seed_same_initial_weights_and_first_epoch(tmp_path):
+    runs = [training.train(small(epochs=1, seed=s), str(tmp_path / f"r{i}"))
+            for i, s in enumerate((7, 7, 8))]
+    hist = [training.read_history(str(tmp_path / f"r{i}"))[0] for i in range(3)]
+    assert hist[0]["loss"] == hist[1]["loss"] and hist[0]["val_loss"] == hist[1]["val_loss"]
+    assert runs[0]["test_loss"] == runs[1]["test_loss"]
+    assert hist[0]["loss"] != hist[2]["loss"]
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+    with pytest.raises(KerasPruneError, match="became NaN/inf at epoch 1"):
+        training.train(small(lr=1e30), str(tmp_path / "run"))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code = cli.main(["train", "--model", "vgg", "--dataset", "mnist", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unknown model 'vgg'" in err
+    code = cli.main(["train", "--model", "lenet300", "--dataset", "mnist", "--optimizer", "nope",
+                     "--out", str(tmp_path / "r2")])
+    assert code == 2 and "unknown optimizer 'nope'" in capsys.readouterr().err
+
+
+def test_any_keras_optimizer_is_selectable():
+    assert isinstance(training.make_optimizer("adam", 1e-3), keras.optimizers.Adam)
+    sgd = training.make_optimizer("sgd", 0.1, momentum=0.9)
+    assert sgd.momentum == 0.9 and float(sgd.learning_rate) == pytest.approx(0.1)
+
+
+def test_help_lists_commands_without_importing_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from kerasprune import cli; cli.build_parser(); "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
