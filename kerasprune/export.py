@@ -1,0 +1,367 @@
+"""Exporting pruned models: plain SavedModels, compacted SavedModels, size reports, TFLite.
+
+:func:`strip` turns any pruned model (TF-MOT wrappers or plain layers with zeros) into a fresh model
+of standard Keras layers with its masks multiplied into the weights, so the zeros are real zeros.
+:func:`save` writes it as a SavedModel whose ``serving_default`` signature takes the model's input
+by name (``image``) and returns its output by name (``logits``); it loads with
+``tf.saved_model.load`` and ``tf_keras.models.load_model`` without kerasprune installed.
+:func:`size_report` measures what users care about: parameters, non-zeros, bytes on disk and
+gzip-compressed bytes (TF-MOT's way of showing what sparsity buys: zeros compress).
+:func:`export_run` does all of it for the models of a run folder (see ``docs/export.md``).
+"""
+import csv
+import dataclasses
+import io
+import os
+import tarfile
+from typing import Optional
+
+import numpy as np
+
+from kerasprune import paths, sparsity
+from kerasprune._keras import keras, tf, tfmot
+from kerasprune.errors import KerasPruneError
+
+LOBSTER_POINTS = "operating_points.csv"  # the LOBSTER run-folder contract (kerasprune.lobster)
+COMPACT_SUFFIX = "_compact"
+REPORT_SUFFIX = ".export.json"
+
+
+def has_wrappers(model):
+    return any(_is_pruning_wrapper(l) for l in _walk(model))
+
+
+def strip(model):
+    """A fresh copy of ``model`` of standard Keras layers: TF-MOT pruning wrappers removed, each
+    wrapped weight multiplied by its mask. ``model`` itself is left untouched."""
+    masked = {}
+    for layer in _walk(model):
+        if _is_pruning_wrapper(layer):
+            # TF-MOT keeps (weight, mask, threshold) per pruned weight; the weight variable may hold
+            # non-zeros where the mask is 0 until the next masking op, so fold explicitly.
+            for weight, mask, _ in layer.pruning_vars:
+                masked[weight.ref()] = weight.numpy() * mask.numpy().astype(weight.dtype.as_numpy_dtype)
+    source = tfmot().sparsity.keras.strip_pruning(model) if masked else model
+    with model.distribute_strategy.scope():
+        plain = keras.models.clone_model(source)
+    plain.set_weights([masked[v.ref()] if v.ref() in masked else v.numpy() for v in source.weights])
+    _require_standard_layers(plain)
+    return plain
+
+
+def save(model, path):
+    """Writes ``model`` (wrappers stripped, masks folded) as a SavedModel at ``path``, atomically.
+
+    Only the chief writes (under multi-worker training every worker calls this). Returns ``path``.
+    """
+    from kerasprune.distribute import is_chief
+    from kerasprune.training import export_saved_model
+
+    plain = strip(model) if has_wrappers(model) else model
+    _require_standard_layers(plain)
+    if is_chief():
+        export_saved_model(plain, path)
+    return path
+
+
+@dataclasses.dataclass
+class SizeReport:
+    """How big one exported model is."""
+
+    params: int  # all weights of the model (trainable and not)
+    nonzero_params: int
+    prunable_params: int  # the parameters pruning acts on (kerasprune.sparsity)
+    pruned_params_pct: float
+    pruned_neurons_pct: float
+    saved_model_bytes: int  # the SavedModel directory on disk
+    saved_model_gzip_bytes: int  # the same directory as a .tar.gz
+    tflite_bytes: Optional[int] = None
+    tflite_gzip_bytes: Optional[int] = None
+
+
+def size_report(model, saved_model_dir, tflite_path=None):
+    """The :class:`SizeReport` of ``model`` and its SavedModel (and TFLite file, if given)."""
+    plain = strip(model) if has_wrappers(model) else model
+    weights = plain.get_weights()
+    rep = sparsity.report(plain)
+    out = SizeReport(
+        params=int(sum(w.size for w in weights)),
+        nonzero_params=int(sum(np.count_nonzero(w) for w in weights)),
+        prunable_params=rep.params, pruned_params_pct=rep.pruned_params_pct,
+        pruned_neurons_pct=rep.pruned_neurons_pct,
+        saved_model_bytes=dir_bytes(saved_model_dir), saved_model_gzip_bytes=gzip_bytes(saved_model_dir))
+    if tflite_path:
+        out.tflite_bytes = os.path.getsize(tflite_path)
+        out.tflite_gzip_bytes = gzip_bytes(tflite_path)
+    return out
+
+
+def dir_bytes(path):
+    """Total size of the files under ``path`` (or of the file ``path``)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def gzip_bytes(path):
+    """Bytes of ``path`` (a file or a directory, tarred) compressed with gzip at level 9.
+
+    Tar headers get a fixed mtime and owner, so the number depends on the content only."""
+    def normalise(info):
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9) as tar:
+        tar.add(path, arcname=os.path.basename(path.rstrip("/")), filter=normalise)
+    return buffer.tell()
+
+
+def to_tflite(saved_model_dir, path):
+    """Converts a SavedModel to a TFLite flatbuffer at ``path`` (float32, no quantisation)."""
+    model = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(model)
+    os.replace(tmp, path)
+    return path
+
+
+def serving_logits(saved_model_dir):
+    """A function ``x -> logits`` calling the SavedModel's ``serving_default`` signature by name."""
+    loaded = tf.saved_model.load(saved_model_dir)
+    signature = loaded.signatures["serving_default"]
+    (input_name,) = signature.structured_input_signature[1]
+    (output_name,) = signature.structured_outputs
+
+    def call(x):
+        return signature(**{input_name: tf.convert_to_tensor(x)})[output_name].numpy()
+
+    call.loaded = loaded  # keeps the restored object (and its variables) alive
+    return call
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders.
+
+@dataclasses.dataclass
+class Source:
+    """One model to export: where its weights are, and the tag its export is named by."""
+
+    tag: str
+    weights: str
+
+
+def run_sources(run_dir, points="all", weights=()):
+    """The :class:`Source` models of a run folder.
+
+    A LOBSTER run folder (``operating_points.csv``) gives one source per operating point (``points``:
+    ``all``, ``last`` or comma-separated indices); a training run gives its best checkpoint; extra
+    ``weights`` files (e.g. the one-shot models of a sweep) are added as given.
+    """
+    sources = []
+    csv_path = os.path.join(run_dir, LOBSTER_POINTS)
+    if os.path.isfile(csv_path):
+        rows = read_points(run_dir)
+        if points == "last":
+            rows = rows[-1:]
+        elif points != "all":
+            wanted = {int(p) for p in str(points).split(",")}
+            missing = wanted - {r["point"] for r in rows}
+            if missing:
+                raise KerasPruneError(f"{csv_path} has no operating point {sorted(missing)}; it has "
+                                      f"{[r['point'] for r in rows]}")
+            rows = [r for r in rows if r["point"] in wanted]
+        sources += [Source(f"point_{r['point']:03d}", os.path.join(run_dir, r["weights"])) for r in rows]
+    elif not weights and os.path.isfile(os.path.join(run_dir, paths.BEST_WEIGHTS)):
+        sources.append(Source("best", os.path.join(run_dir, paths.BEST_WEIGHTS)))
+    for w in weights:
+        tag = os.path.basename(w)
+        for suffix in (".weights.h5", ".h5", ".keras"):
+            tag = tag[: -len(suffix)] if tag.endswith(suffix) else tag
+        sources.append(Source(tag, w))
+    if not sources:
+        raise KerasPruneError(f"{run_dir} has no {LOBSTER_POINTS}, no {paths.BEST_WEIGHTS} and no "
+                              "--weights were given: nothing to export")
+    return sources
+
+
+def read_points(run_dir):
+    """Rows of a LOBSTER run's ``operating_points.csv``, numbers as ints/floats."""
+    with open(os.path.join(run_dir, LOBSTER_POINTS), newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, value in row.items():
+            if key != "weights":
+                row[key] = _number(value)
+    return rows
+
+
+def _number(value):
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+def build_from_run(run_dir):
+    """The (uncompiled) model named in the run's ``config.json``, built for its dataset."""
+    from kerasprune import data, models
+    from kerasprune.training import read_json
+
+    config_path = paths.run_file(run_dir, paths.CONFIG)
+    if not os.path.isfile(config_path):
+        raise KerasPruneError(f"{run_dir} is not a run folder: it has no {paths.CONFIG}")
+    config = read_json(config_path)
+    dspec = data.spec(config["dataset"], config.get("data_dir"))
+    return models.build(config["model"], input_shape=dspec.input_shape, num_classes=dspec.num_classes), config
+
+
+def load_weights(model, weights):
+    """Loads ``weights`` into ``model``; files saved from a TF-MOT-wrapped model are loaded into a
+    wrapped copy and stripped. Returns the plain model holding the weights."""
+    if not os.path.exists(weights):
+        raise KerasPruneError(f"weights file {weights} does not exist")
+    try:
+        model.load_weights(weights)
+        return model
+    except (ValueError, KeyError) as plain_error:
+        api = tfmot().sparsity.keras
+        with model.distribute_strategy.scope():
+            wrapped = api.prune_low_magnitude(keras.models.clone_model(model))
+        try:
+            wrapped.load_weights(weights)
+        except (ValueError, KeyError):
+            raise KerasPruneError(f"{weights} does not hold weights of {model.name} (plain or TF-MOT-"
+                                  f"wrapped): {str(plain_error).splitlines()[0][:200]}") from None
+        return strip(wrapped)
+
+
+def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True, tflite=False,
+               evaluate=True, force=False, max_test_examples=None, verbose=True):
+    """Exports every source model of ``run_dir``; returns ``{tag: report dict}``.
+
+    For each source tag T, under ``paths.export_path(run_dir, export_dir, T)``'s parent it writes
+    ``T/`` (the pruned model, zeros kept), ``T_compact/`` (compacted), optionally ``T.tflite`` and
+    ``T_compact.tflite``, and last ``T.export.json``: sizes, the compaction plan, and (``evaluate``)
+    test accuracy and the largest logit difference of the two SavedModels as loaded back. A tag whose
+    report exists is skipped unless ``force``, so rerunning a killed export finishes it.
+    """
+    from kerasprune import compaction
+    from kerasprune.distribute import is_chief
+    from kerasprune.training import read_json, write_json
+
+    results = {}
+    for source in run_sources(run_dir, points, weights):
+        sparse_dir = paths.export_path(run_dir, export_dir, source.tag)
+        report_path = sparse_dir + REPORT_SUFFIX
+        if os.path.isfile(report_path) and not force:
+            results[source.tag] = read_json(report_path)
+            _say(verbose, f"{source.tag}: already exported ({report_path})")
+            continue
+        model, config = build_from_run(run_dir)
+        model = load_weights(model, source.weights)
+        plain = strip(model)
+        report = {"tag": source.tag, "weights": source.weights, "run_dir": os.path.abspath(run_dir),
+                  "model": config["model"], "dataset": config["dataset"], "saved_model": sparse_dir}
+        save(plain, sparse_dir)
+        sparse_tflite = to_tflite(sparse_dir, sparse_dir + ".tflite") if tflite else None
+        report["sparse"] = dataclasses.asdict(size_report(plain, sparse_dir, sparse_tflite))
+        if compact:
+            compact_dir = paths.export_path(run_dir, export_dir, source.tag + COMPACT_SUFFIX)
+            p = compaction.plan(plain)
+            small = compaction.compact(plain, p)
+            save(small, compact_dir)
+            compact_tflite = to_tflite(compact_dir, compact_dir + ".tflite") if tflite else None
+            report["compact"] = dataclasses.asdict(size_report(small, compact_dir, compact_tflite))
+            report["compact_saved_model"] = compact_dir
+            report["compaction"] = p.as_dict()
+        if evaluate:
+            report["evaluation"] = _evaluate_exports(report, config, max_test_examples)
+        if is_chief():
+            write_json(report_path, report)
+        results[source.tag] = report
+        _say(verbose, summary_line(report))
+    return results
+
+
+def _evaluate_exports(report, config, max_test_examples):
+    """Test accuracy of the exported SavedModels as loaded back, and their largest logit gap."""
+    from kerasprune import data
+
+    splits = data.load(config["dataset"], data_dir=config.get("data_dir"), batch_size=1000,
+                       val_fraction=config.get("val_fraction", 0.1), split_seed=config.get("split_seed", 0),
+                       max_test_examples=max_test_examples)
+    dirs = {"sparse": report["saved_model"]}
+    if "compact_saved_model" in report:
+        dirs["compact"] = report["compact_saved_model"]
+    calls = {k: serving_logits(d) for k, d in dirs.items()}
+    logits = {k: [] for k in calls}
+    labels = []
+    for x, y in splits.test:
+        labels.append(y.numpy())
+        for k, call in calls.items():
+            logits[k].append(call(x))
+    labels = np.concatenate(labels)
+    out = {"test_examples": int(labels.size)}
+    for k in calls:
+        logits[k] = np.concatenate(logits[k])
+        out[f"{k}_test_accuracy"] = float(np.mean(logits[k].argmax(-1) == labels))
+    if "compact" in logits:
+        out["max_abs_logit_difference"] = float(np.max(np.abs(logits["compact"] - logits["sparse"])))
+        out["same_predictions"] = bool(np.all(logits["compact"].argmax(-1) == logits["sparse"].argmax(-1)))
+    return out
+
+
+def summary_line(report):
+    """One line per export: sizes of sparse and compact models and their test accuracies."""
+    s = report["sparse"]
+    text = (f"{report['tag']}: {s['pruned_params_pct']:.2f}% pruned params, {s['pruned_neurons_pct']:.2f}% "
+            f"pruned neurons; SavedModel {s['saved_model_bytes']:,} B (gzip {s['saved_model_gzip_bytes']:,})")
+    if "compact" in report:
+        c = report["compact"]
+        text += (f"; compact {c['params']:,} params, {c['saved_model_bytes']:,} B "
+                 f"(gzip {c['saved_model_gzip_bytes']:,})")
+    ev = report.get("evaluation")
+    if ev:
+        text += f"; test acc {ev['sparse_test_accuracy']:.4f}"
+        if "compact_test_accuracy" in ev:
+            text += f" / compact {ev['compact_test_accuracy']:.4f} (max |dlogit| {ev['max_abs_logit_difference']:.1e})"
+    return text
+
+
+def _say(verbose, text):
+    if verbose:
+        print(text, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _walk(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _walk(layer)
+        else:
+            yield layer
+
+
+def _is_pruning_wrapper(layer):
+    # TF-MOT's PruneLowMagnitude (and its subclasses); recognised without importing TF-MOT eagerly.
+    return isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "pruning_vars")
+
+
+def _require_standard_layers(model):
+    """An export must load without kerasprune: refuse layers that are not part of Keras."""
+    for layer in _walk(model):
+        module = type(layer).__module__
+        if not module.startswith("tf_keras.") or _is_pruning_wrapper(layer):
+            raise KerasPruneError(f"layer {layer.name} is a {type(layer).__name__} from {module}, not a "
+                                  "standard Keras layer; the SavedModel would not load without that code")
+
+
+__all__ = ["strip", "save", "size_report", "SizeReport", "to_tflite", "serving_logits", "export_run",
+           "run_sources", "build_from_run", "load_weights", "read_points", "gzip_bytes", "dir_bytes"]
