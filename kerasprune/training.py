@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -122,13 +123,17 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
         callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
     if is_chief():
         callbacks.append(keras.callbacks.CSVLogger(history_path, append=True))
-        callbacks.append(keras.callbacks.TensorBoard(paths.run_file(run_dir, paths.TENSORBOARD)))
-        if best_checkpoint:
-            best_path = paths.run_file(run_dir, paths.BEST_WEIGHTS)
+    # TensorBoard and ModelCheckpoint run on every worker of a multi-worker run: they change the
+    # traced train step (summaries) or save collectively, so a chief-only copy deadlocks the
+    # collectives. Keras sends a non-chief's writes to a temporary folder it deletes afterwards.
+    callbacks.append(keras.callbacks.TensorBoard(paths.run_file(run_dir, paths.TENSORBOARD)))
+    if best_checkpoint:
+        best_path = paths.run_file(run_dir, paths.BEST_WEIGHTS)
+        if is_chief():
             os.makedirs(os.path.dirname(best_path), exist_ok=True)
-            callbacks.append(keras.callbacks.ModelCheckpoint(
-                best_path, monitor=monitor, save_best_only=True, save_weights_only=True,
-                initial_value_threshold=best_in_history(history_path, monitor)))
+        callbacks.append(keras.callbacks.ModelCheckpoint(
+            best_path, monitor=monitor, save_best_only=True, save_weights_only=True,
+            initial_value_threshold=best_in_history(history_path, monitor)))
     return callbacks
 
 
@@ -188,7 +193,20 @@ def read_json(path):
 
 
 def export_saved_model(model, path):
-    """Writes a SavedModel loadable with ``tf.saved_model.load`` and ``tf_keras.models.load_model``."""
+    """Writes a SavedModel loadable with ``tf.saved_model.load`` and ``tf_keras.models.load_model``.
+
+    Call it on every worker of a multi-worker run: saving runs collective ops, so a chief-only save
+    hangs. Only the chief's copy is kept; other workers save to a temporary folder and delete it.
+    """
+    from kerasprune.distribute import is_chief
+
+    if not is_chief():
+        scratch = tempfile.mkdtemp(prefix="kerasprune_worker_export_")
+        try:
+            model.save(scratch, save_format="tf", include_optimizer=False)
+        finally:
+            tf.io.gfile.rmtree(scratch)
+        return path
     tmp = path.rstrip("/") + ".partial"
     if os.path.exists(tmp):
         tf.io.gfile.rmtree(tmp)
@@ -243,7 +261,8 @@ def train(config, out, verbose="auto"):
         "seconds_this_session": seconds,
         "model": config.model, "dataset": config.dataset, "params": model.count_params(),
     }
+    saved_model = export_saved_model(model, paths.export_path(out, config.export_dir))  # all workers
     if is_chief():
-        metrics["saved_model"] = export_saved_model(model, paths.export_path(out, config.export_dir))
+        metrics["saved_model"] = saved_model
         write_json(metrics_path, metrics)
     return metrics

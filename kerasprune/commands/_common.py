@@ -1,5 +1,5 @@
 """Arguments that several commands share, so they are spelt and documented once."""
-from kerasprune.distribute import STRATEGIES
+from kerasprune.distribute import STRATEGIES, strategy_flag
 
 
 def add_data_arguments(parser, dataset_default=None):
@@ -34,7 +34,8 @@ def add_training_arguments(parser, epochs_default=10):
 def add_run_arguments(parser):
     g = parser.add_argument_group("run")
     g.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
-    g.add_argument("--strategy", default="default", choices=STRATEGIES,
-                   help="tf.distribute strategy (default: one device)")
+    g.add_argument("--strategy", default="default", type=strategy_flag, metavar="SPEC",
+                   help=f"tf.distribute strategy: {', '.join(STRATEGIES)}, optionally with devices, "
+                        "e.g. mirrored:/gpu:0,/gpu:1 (default: one device; see docs/distributed.md)")
     g.add_argument("--export-dir", default=None,
                    help="root of SavedModel exports (default: $KERASPRUNE_SAVED_MODELS or ./saved_models)")
