@@ -1,0 +1,221 @@
+"""The LOBSTER optimizer: any Keras optimizer's step, then the sensitivity term, then the masks.
+
+Tartaglione et al., "LOss-Based SensiTivity rEgulaRization: towards deep sparse neural networks"
+(Neural Networks 2022; arXiv:2011.09905), as used in "Pruning artificial neural networks: a way to
+find well-generalizing, high-entropy sharp minima" (arXiv:2004.14765).
+"""
+import math
+
+from kerasprune._keras import keras, tf
+from kerasprune.sparsity import DEFAULT_KINDS
+
+# Variable names that identify each parameter kind when no model tells the optimizer which
+# variables are prunable (see :meth:`Lobster.set_prunable`).
+_KIND_NAMES = {"kernel": ("kernel",), "bias": ("bias",), "norm": ("gamma", "beta")}
+
+
+@keras.utils.register_keras_serializable(package="kerasprune")
+class Lobster(keras.optimizers.Optimizer):
+    """Wraps a base optimizer with LOBSTER's loss-based sensitivity regulariser and pruning masks.
+
+    Each step, with ``g`` the (replica-aggregated) mini-batch gradient of parameter ``w``:
+
+        w <- base_step(w, g)                          # e.g. w - lr * g for plain SGD
+        w <- w - lmbda * w * max(0, 1 - |g|)          # lmbda is NOT multiplied by the lr
+        w <- w * mask                                 # pruned parameters stay exactly zero
+
+    The last two lines apply to the prunable parameters only (by default Dense/Conv kernels and
+    biases and BatchNorm gamma/beta, as :func:`kerasprune.sparsity.prunable_variables` lists them).
+    Masks are non-trainable optimizer variables, so checkpoints (and ``BackupAndRestore``) keep
+    them; :class:`~kerasprune.lobster.LobsterPruning` sets them with :meth:`prune_below`.
+
+    The wrapper shares the base optimizer's iteration counter and learning rate (``lr`` reads and
+    writes the base's), so learning-rate schedules and ``ReduceLROnPlateau`` work unchanged. The
+    base's own clipping / weight decay / EMA are not applied: pass those arguments to ``Lobster``.
+
+    Args:
+      base_optimizer: a ``keras.optimizers.Optimizer`` (not a legacy one); default ``SGD(0.1)``.
+      lmbda: strength of the sensitivity term (paper default 1e-4).
+      kinds: which parameters are regularised and masked when :meth:`set_prunable` is not called:
+        those of the kinds in ``("kernel", "bias", "norm")`` recognised by variable name.
+      **kwargs: the base ``keras.optimizers.Optimizer`` arguments (``weight_decay``, ``clipnorm``...).
+    """
+
+    def __init__(self, base_optimizer=None, lmbda=1e-4, kinds=DEFAULT_KINDS, name="Lobster", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if base_optimizer is None:
+            base_optimizer = keras.optimizers.SGD(0.1)
+        elif isinstance(base_optimizer, dict):
+            base_optimizer = keras.optimizers.deserialize(base_optimizer, use_legacy_optimizer=False)
+        if not isinstance(base_optimizer, keras.optimizers.Optimizer) or isinstance(base_optimizer, Lobster):
+            raise ValueError("Lobster wraps a (non-legacy, non-Lobster) keras.optimizers.Optimizer, "
+                             f"got {type(base_optimizer).__name__}")
+        if lmbda < 0:
+            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
+        unknown = set(kinds) - set(DEFAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown parameter kinds {sorted(unknown)}; valid: {DEFAULT_KINDS}")
+        self.base_optimizer = base_optimizer
+        self.kinds = tuple(kinds)
+        # One step counter for both: the base reads it (e.g. Adam's bias correction, schedules),
+        # the wrapper's distributed apply increments it once per step.
+        self._iterations = base_optimizer.iterations
+        self._variables.append(self._iterations)
+        with tf.init_scope():
+            self._lmbda = tf.Variable(float(lmbda), name="lmbda", dtype=keras.backend.floatx(),
+                                      trainable=False)
+        self._variables.append(self._lmbda)
+        # The pruning schedule's state lives here too, so one checkpoint (BackupAndRestore)
+        # restores masks, best weights and schedule together: a resumed run continues exactly.
+        self.threshold = self._scalar("threshold", 0.0)  # last pruning threshold T
+        self.level = self._scalar("level", 0, tf.int64)  # number of prunings done
+        self.best_loss = self._scalar("best_loss", math.inf)  # best val loss since last pruning
+        self.bad_epochs = self._scalar("bad_epochs", 0, tf.int64)  # consecutive non-good epochs
+        self.level_best_accuracy = self._scalar("level_best_accuracy", -math.inf)
+        self._prunable_keys = None  # set by set_prunable(); None: recognise by variable name
+
+    def _create_iteration_variable(self):
+        """No counter of its own: ``__init__`` adopts the base optimizer's."""
+
+    def _scalar(self, name, value, dtype=None):
+        with tf.init_scope():
+            var = tf.Variable(value, name=name, dtype=dtype or keras.backend.floatx(), trainable=False,
+                              synchronization=tf.VariableSynchronization.ON_WRITE,
+                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._variables.append(var)
+        return var
+
+    # -- hyperparameters shared with the base optimizer ----------------------------------------
+    @property
+    def learning_rate(self):
+        return self.base_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.base_optimizer.learning_rate = value
+
+    @property
+    def lmbda(self):
+        return self._lmbda
+
+    @lmbda.setter
+    def lmbda(self, value):
+        self._lmbda.assign(value)
+
+    def _compute_current_learning_rate(self):
+        self.base_optimizer._compute_current_learning_rate()
+
+    @property
+    def variables(self):
+        """The wrapper's variables (counter, lmbda, masks) then the base's slots."""
+        own = list(self._variables)
+        ids = {id(v) for v in own}
+        return own + [v for v in self.base_optimizer.variables if id(v) not in ids]
+
+    # -- which parameters are pruned ------------------------------------------------------------
+    def set_prunable(self, variables):
+        """Regularise and mask exactly ``variables`` (call before the first training step)."""
+        keys = [self._var_key(v) for v in variables]
+        if getattr(self, "_built", False) and set(keys) != set(self._mask_index):
+            raise ValueError("set_prunable() after the optimizer was built with another set of "
+                             "prunable variables; call it before training starts")
+        self._prunable_keys = keys
+
+    def _is_prunable(self, variable):
+        if self._prunable_keys is not None:
+            return self._var_key(variable) in self._prunable_keys
+        short = variable.name.split("/")[-1].split(":")[0]
+        return any(short in _KIND_NAMES[k] for k in self.kinds)
+
+    def build(self, var_list):
+        super().build(var_list)
+        if getattr(self, "_built", False):
+            return
+        self.base_optimizer.build(var_list)
+        self.masks = []
+        self._mask_index = self._no_dependency({})
+        self._prunable_vars = self._no_dependency([])
+        self._model_vars = self._no_dependency({self._var_key(v): v for v in var_list})
+        for var in var_list:
+            if not self._is_prunable(var):
+                continue
+            self._mask_index[self._var_key(var)] = len(self.masks)
+            self._prunable_vars.append(var)
+            self.masks.append(self._add_mask(var))
+        # Weights of the best validation loss since the last pruning: pruning rewinds to them.
+        self.best_weights = [self.add_variable_from_reference(v, "best", initial_value=v) for v in var_list]
+        self._built = True
+
+    def _add_mask(self, var):
+        # ONLY_FIRST_REPLICA: masks are written in cross-replica context by the pruning callback
+        # and only read inside the replicated step, so every replica holds the same mask.
+        with tf.init_scope(), tf.distribute.get_strategy().extended.colocate_vars_with(var):
+            mask = tf.Variable(tf.ones(var.shape, var.dtype), name=f"mask/{var._shared_name}",
+                               trainable=False, synchronization=tf.VariableSynchronization.ON_WRITE,
+                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self._variables.append(mask)
+        return mask
+
+    def mask_of(self, variable):
+        """The mask variable of a prunable ``variable`` (None if it is not prunable)."""
+        index = self._mask_index.get(self._var_key(variable))
+        return None if index is None else self.masks[index]
+
+    def prunable_variables(self):
+        """The model variables this optimizer regularises and masks (after ``build``)."""
+        return list(self._prunable_vars)
+
+    # -- the update -----------------------------------------------------------------------------
+    def update_step(self, gradient, variable):
+        self.base_optimizer.update_step(gradient, variable)
+        index = self._mask_index.get(self._var_key(variable))
+        if index is None:
+            return
+        if isinstance(gradient, tf.IndexedSlices):
+            gradient = tf.convert_to_tensor(gradient)
+        lmbda = tf.cast(self._lmbda, variable.dtype)
+        # w * mask * (1 - lmbda * insensitivity): the sensitivity step and the mask in one write.
+        insensitivity = tf.nn.relu(1.0 - tf.abs(gradient))
+        variable.assign(variable * self.masks[index] * (1.0 - lmbda * insensitivity))
+
+    def prune_below(self, threshold):
+        """Prunes (for good) every prunable parameter with ``|w| < threshold``; returns how many
+        parameters were newly pruned. Call in cross-replica context (e.g. from a callback)."""
+        newly = 0
+        for var, mask in zip(self._prunable_vars, self.masks):
+            keep = tf.cast(tf.abs(var) >= threshold, var.dtype) * mask
+            newly += int(tf.reduce_sum(mask - keep).numpy())
+            mask.assign(keep)
+            var.assign(var * keep)
+        return newly
+
+    def reset_masks_from_weights(self):
+        """Masks := (w != 0): adopts the zeros of loaded weights (e.g. an operating point) as pruned."""
+        for var, mask in zip(self._prunable_vars, self.masks):
+            mask.assign(tf.cast(tf.not_equal(var, 0), var.dtype))
+
+    def remember_best(self):
+        """Stores the current weights as the ones to rewind to (see :meth:`rewind_to_best`)."""
+        for var, best in zip(self._all_vars(), self.best_weights):
+            best.assign(var)
+
+    def rewind_to_best(self):
+        for var, best in zip(self._all_vars(), self.best_weights):
+            var.assign(best)
+
+    def _all_vars(self):
+        order = sorted(self._index_dict.items(), key=lambda kv: kv[1])
+        return [self._model_vars[key] for key, _ in order]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(base_optimizer=keras.optimizers.serialize(self.base_optimizer, use_legacy_format=False),
+                      lmbda=float(self._lmbda.numpy()), kinds=list(self.kinds))
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["base_optimizer"] = keras.optimizers.deserialize(
+            config["base_optimizer"], custom_objects=custom_objects, use_legacy_optimizer=False)
+        return cls(**config)

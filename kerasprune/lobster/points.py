@@ -1,0 +1,118 @@
+"""Operating points of a LOBSTER run: one row (and one weights file) per sparsity level reached.
+
+Layout inside a run folder (the shared contract other stages read):
+  operating_points.csv            one row per level, rewritten atomically
+  points/point_XXX.weights.h5     that level's best-validation-accuracy weights, pruned params = 0
+"""
+import csv
+import math
+import os
+
+POINTS_CSV = "operating_points.csv"
+POINTS_DIR = "points"
+PLOT = "progression.png"
+COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss", "test_error",
+           "test_loss", "epoch", "weights", "pruned_params", "params", "pruned_neurons", "neurons",
+           "threshold", "lr")
+_INTS = ("point", "epoch", "pruned_params", "params", "pruned_neurons", "neurons")
+
+
+def weights_name(point):
+    """Path of a point's weights, relative to the run folder."""
+    return os.path.join(POINTS_DIR, f"point_{point:03d}.weights.h5")
+
+
+def write_points(run_dir, rows):
+    """Writes all rows at once (temporary file + rename: a kill never leaves half a table)."""
+    path = os.path.join(run_dir, POINTS_CSV)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
+    os.replace(tmp, path)
+
+
+def _fmt(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return value
+
+
+def read_operating_points(run_dir):
+    """The rows of ``operating_points.csv`` as dicts (ints, floats; NaN where not measured)."""
+    path = os.path.join(run_dir, POINTS_CSV)
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {}
+            for key, value in raw.items():
+                if key == "weights":
+                    row[key] = value
+                elif key in _INTS:
+                    row[key] = int(value) if value != "" else None
+                else:
+                    row[key] = float(value) if value != "" else math.nan
+            rows.append(row)
+    return rows
+
+
+def save_weights_atomic(model, path):
+    """``model.save_weights`` to a temporary file, then rename over ``path``."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.getpid()}.tmp.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def load_operating_point(run_dir, point):
+    """The model of ``run_dir``'s config with operating point ``point``'s weights (uncompiled)."""
+    from kerasprune import data, models
+    from kerasprune.errors import KerasPruneError
+    from kerasprune.training import read_json
+
+    config = read_json(os.path.join(run_dir, "config.json"))
+    rows = {r["point"]: r for r in read_operating_points(run_dir)}
+    if point not in rows:
+        raise KerasPruneError(f"{run_dir} has no operating point {point}; it has {sorted(rows) or 'none'}")
+    spec = data.spec(config["dataset"], config.get("data_dir"))
+    model = models.build(config["model"], input_shape=spec.input_shape, num_classes=spec.num_classes)
+    model.load_weights(os.path.join(run_dir, rows[point]["weights"]))
+    return model
+
+
+def plot_progression(run_dir, rows, title=""):
+    """``progression.png``: validation/test error and pruned neurons vs % pruned parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["pruned_params_pct"])
+    x = [r["pruned_params_pct"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("val_error", "validation"), ("test_error", "test")):
+        ax1.plot(x, [100 * _nan(r[key]) for r in rows], marker="o", label=label)
+    ax1.set_xlabel("pruned parameters [%]")
+    ax1.set_ylabel("error [%]")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(x, [_nan(r["pruned_neurons_pct"]) for r in rows], marker="o", color="C2")
+    ax2.set_xlabel("pruned parameters [%]")
+    ax2.set_ylabel("pruned neurons [%]")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = os.path.join(run_dir, PLOT)
+    tmp = os.path.join(run_dir, f".{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _nan(value):
+    return math.nan if value is None else value

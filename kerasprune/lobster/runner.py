@@ -1,0 +1,132 @@
+"""``run(LobsterConfig(...), out)``: a whole LOBSTER run in a resumable run folder."""
+import dataclasses
+import math
+import os
+from typing import Optional, Tuple
+
+from kerasprune import paths
+from kerasprune.errors import KerasPruneError
+from kerasprune.sparsity import DEFAULT_KINDS
+
+METRICS = paths.METRICS
+
+
+@dataclasses.dataclass
+class LobsterConfig:
+    """A LOBSTER run (defaults: the paper code's LeNet settings)."""
+
+    model: str = "lenet300"
+    dataset: str = "mnist"
+    epochs: int = 1000  # budget of epochs; LOBSTER itself has no stopping rule
+    seed: int = 0
+    batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.0
+    optimizer: str = "sgd"  # the base optimizer LOBSTER wraps
+    lmbda: float = 1e-4  # sensitivity regularisation strength (not scaled by lr)
+    twt: float = 0.05  # admissible relative increase of the validation loss per pruning
+    pwe: int = 20  # plateau patience (epochs)
+    good_margin: float = 0.01  # an epoch is good if val loss < (1 + good_margin) * best
+    tolerance: float = 0.05  # threshold search stops within this fraction of the bound
+    lr_plateau: bool = False  # ReduceLROnPlateau(val_loss, factor 0.1, patience 10, cooldown 50)
+    kinds: Tuple[str, ...] = DEFAULT_KINDS  # parameters pruned and counted
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    data_dir: Optional[str] = None
+    max_train_examples: Optional[int] = None
+    max_test_examples: Optional[int] = None
+    strategy: str = "default"
+
+    def __post_init__(self):
+        self.kinds = tuple(self.kinds)
+        for name in ("epochs", "pwe", "batch_size"):
+            if getattr(self, name) < 1:
+                raise KerasPruneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr",):
+            if getattr(self, name) <= 0:
+                raise KerasPruneError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lmbda", "twt", "good_margin", "tolerance", "momentum"):
+            if getattr(self, name) < 0:
+                raise KerasPruneError(f"{name} must be >= 0, got {getattr(self, name)}")
+        unknown = set(self.kinds) - set(DEFAULT_KINDS)
+        if unknown or not self.kinds:
+            raise KerasPruneError(f"kinds must be a non-empty subset of {', '.join(DEFAULT_KINDS)}; "
+                                  f"got {', '.join(self.kinds) or 'nothing'}")
+
+
+# Fields a resumed run may change (more epochs), every other one must match the folder's config.
+_RESUMABLE = ("epochs",)
+
+
+def run(config, out, verbose="auto"):
+    """Runs or resumes a LOBSTER run in folder ``out``; returns its operating points.
+
+    Writes ``config.json``, ``initial.weights.h5``, ``operating_points.csv``, ``points/``,
+    ``progression.png``, ``history.csv``, ``tensorboard/`` and ``metrics.json`` (at the end). A
+    killed run resumes (Keras ``BackupAndRestore``) when run again with the same config.
+    """
+    from kerasprune import data, models, training
+    from kerasprune._keras import keras
+    from kerasprune.distribute import get_strategy, is_chief
+    from kerasprune.lobster.callback import LobsterPruning
+    from kerasprune.lobster.optimizer import Lobster
+    from kerasprune.lobster.points import read_operating_points
+
+    config_path = paths.run_file(out, paths.CONFIG)
+    metrics_path = paths.run_file(out, METRICS)
+    if os.path.isfile(config_path):
+        _check_same_config(training.read_json(config_path), dataclasses.asdict(config), out)
+    if os.path.isfile(metrics_path):
+        done = training.read_json(metrics_path)
+        if done.get("epochs_completed", -1) >= config.epochs:
+            print(f"{out}: already finished ({done['epochs_completed']} epochs); remove it to rerun")
+            return read_operating_points(out)
+        raise KerasPruneError(f"{out} holds a finished run of {done.get('epochs_completed')} epochs; "
+                              f"it cannot be extended to {config.epochs}: choose another --out")
+    strategy = get_strategy(config.strategy)
+    keras.utils.set_random_seed(config.seed)
+    os.makedirs(out, exist_ok=True)
+    if is_chief():
+        training.write_json(config_path, dataclasses.asdict(config))
+    splits = data.load(config.dataset, data_dir=config.data_dir, batch_size=config.batch_size,
+                       val_fraction=config.val_fraction, split_seed=config.split_seed,
+                       shuffle_seed=config.seed, max_train_examples=config.max_train_examples,
+                       max_test_examples=config.max_test_examples, eval_batch_size=1000)
+    with strategy.scope():
+        model = models.build(config.model, input_shape=splits.spec.input_shape,
+                             num_classes=splits.spec.num_classes, seed=config.seed)
+        base = training.make_optimizer(config.optimizer, config.lr, config.momentum)
+        training.compile_model(model, Lobster(base, lmbda=config.lmbda, kinds=config.kinds))
+    initial = paths.run_file(out, paths.INITIAL_WEIGHTS)
+    if is_chief() and not os.path.isfile(initial):
+        model.save_weights(initial)
+    pruning = LobsterPruning(splits.validation, splits.test, pwe=config.pwe, twt=config.twt,
+                             good_margin=config.good_margin, tolerance=config.tolerance,
+                             kinds=config.kinds, run_dir=out)
+    callbacks = [pruning]
+    if config.lr_plateau:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=10,
+                                                           cooldown=50, verbose=1))
+    history, seconds = training.fit_and_record(model, splits, out, config.epochs, callbacks, verbose)
+    rows = pruning.operating_points
+    best = [r for r in rows if not math.isnan(r["test_error"])]
+    metrics = {
+        "epochs_completed": len(history), "seconds_this_session": seconds,
+        "operating_points": len(rows),
+        "max_pruned_params_pct": max((r["pruned_params_pct"] for r in rows), default=None),
+        "test_error_at_max": (max(best, key=lambda r: r["pruned_params_pct"])["test_error"]
+                              if best else None),
+        "model": config.model, "dataset": config.dataset,
+    }
+    if is_chief() and len(history) >= config.epochs:
+        training.write_json(metrics_path, metrics)
+    return rows
+
+
+def _check_same_config(saved, wanted, out):
+    wanted = dict(wanted, kinds=list(wanted["kinds"]))
+    diff = [k for k in wanted if k not in _RESUMABLE and saved.get(k) != wanted[k]]
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
+        raise KerasPruneError(f"{out} holds a run with another configuration ({details}); "
+                              "rerun the same command to resume, or choose another --out")
