@@ -91,6 +91,10 @@ class CompactionPlan:
     def removed(self):
         return sum(p.units - p.kept for p in self.layers.values())
 
+    def units_by_layer(self):
+        """``{layer: units}`` of every Dense/Conv layer, before this pass."""
+        return {name: p.units for name, p in self.layers.items()}
+
     def as_dict(self):
         return {"hidden_units": self.units, "removed_units": self.removed,
                 "layers": [p.as_dict() for p in self.layers.values()]}
@@ -123,15 +127,27 @@ def plan(model):
     return CompactionPlan(plans)
 
 
-def compact(model, compaction_plan=None):
+def compact(model, max_passes=10, return_plans=False):
     """An ordinary Keras model without the removable neurons/filters of ``model``; same outputs.
 
     ``model`` may hold TF-MOT pruning wrappers (they are stripped and their masks folded in first).
+    Compaction repeats until nothing is removable: folding a removed unit's constant can leave a
+    next-layer unit with no incoming weights, removable in turn. With ``return_plans`` it returns
+    ``(model, [CompactionPlan of each pass])``; the last plan removes nothing.
     """
     from kerasprune import export
 
     model = export.strip(model) if export.has_wrappers(model) else model
-    p = compaction_plan or plan(model)
+    plans = []
+    for _ in range(max_passes):
+        plans.append(plan(model))
+        if plans[-1].removed == 0:
+            break
+        model = _compact_once(model, plans[-1])
+    return (model, plans) if return_plans else model
+
+
+def _compact_once(model, p):
     weights, configs = _new_weights(model, p)
 
     def clone(layer):

@@ -9,7 +9,6 @@ by name (``image``) and returns its output by name (``logits``); it loads with
 gzip-compressed bytes (TF-MOT's way of showing what sparsity buys: zeros compress).
 :func:`export_run` does all of it for the models of a run folder (see ``docs/export.md``).
 """
-import csv
 import dataclasses
 import io
 import os
@@ -144,25 +143,32 @@ def serving_logits(saved_model_dir):
 # ---------------------------------------------------------------------------------------------
 # Run folders.
 
+ONESHOT_FINAL = "final.weights.h5"  # kerasprune.oneshot's stripped final model (one-shot baselines)
+
+
 @dataclasses.dataclass
 class Source:
     """One model to export: where its weights are, and the tag its export is named by."""
 
     tag: str
     weights: str
+    point: Optional[int] = None  # LOBSTER operating point
 
 
 def run_sources(run_dir, points="all", weights=()):
     """The :class:`Source` models of a run folder.
 
     A LOBSTER run folder (``operating_points.csv``) gives one source per operating point (``points``:
-    ``all``, ``last`` or comma-separated indices); a training run gives its best checkpoint; extra
-    ``weights`` files (e.g. the one-shot models of a sweep) are added as given.
+    ``all``, ``last`` or comma-separated indices); a one-shot baseline run its ``final.weights.h5``;
+    a training run its best checkpoint. Extra ``weights`` files are exported as given (tag: the file
+    name), instead of those defaults when the folder is not a LOBSTER run.
     """
+    from kerasprune.lobster import read_operating_points
+
     sources = []
     csv_path = os.path.join(run_dir, LOBSTER_POINTS)
     if os.path.isfile(csv_path):
-        rows = read_points(run_dir)
+        rows = read_operating_points(run_dir)
         if points == "last":
             rows = rows[-1:]
         elif points != "all":
@@ -172,39 +178,31 @@ def run_sources(run_dir, points="all", weights=()):
                 raise KerasPruneError(f"{csv_path} has no operating point {sorted(missing)}; it has "
                                       f"{[r['point'] for r in rows]}")
             rows = [r for r in rows if r["point"] in wanted]
-        sources += [Source(f"point_{r['point']:03d}", os.path.join(run_dir, r["weights"])) for r in rows]
-    elif not weights and os.path.isfile(os.path.join(run_dir, paths.BEST_WEIGHTS)):
-        sources.append(Source("best", os.path.join(run_dir, paths.BEST_WEIGHTS)))
+        sources += [Source(f"point_{r['point']:03d}", os.path.join(run_dir, r["weights"]), r["point"])
+                    for r in rows]
+    elif not weights:
+        for tag, name in (("final", ONESHOT_FINAL), ("best", paths.BEST_WEIGHTS)):
+            if os.path.isfile(os.path.join(run_dir, name)):
+                sources.append(Source(tag, os.path.join(run_dir, name)))
+                break
     for w in weights:
         tag = os.path.basename(w)
-        for suffix in (".weights.h5", ".h5", ".keras"):
+        for suffix in (".weights.h5", ".h5"):
             tag = tag[: -len(suffix)] if tag.endswith(suffix) else tag
         sources.append(Source(tag, w))
     if not sources:
-        raise KerasPruneError(f"{run_dir} has no {LOBSTER_POINTS}, no {paths.BEST_WEIGHTS} and no "
-                              "--weights were given: nothing to export")
+        raise KerasPruneError(f"{run_dir} has no {LOBSTER_POINTS}, {ONESHOT_FINAL} or {paths.BEST_WEIGHTS}, "
+                              "and no --weights were given: nothing to export")
     return sources
 
 
-def read_points(run_dir):
-    """Rows of a LOBSTER run's ``operating_points.csv``, numbers as ints/floats."""
-    with open(os.path.join(run_dir, LOBSTER_POINTS), newline="") as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        for key, value in row.items():
-            if key != "weights":
-                row[key] = _number(value)
-    return rows
+def load_source(run_dir, source):
+    """The plain model of one :class:`Source` (TF-MOT-wrapped weight files are stripped)."""
+    if source.point is not None:
+        from kerasprune.lobster import load_operating_point
 
-
-def _number(value):
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value
+        return load_operating_point(run_dir, source.point)
+    return load_weights(build_from_run(run_dir)[0], source.weights)
 
 
 def build_from_run(run_dir):
@@ -262,9 +260,8 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
             results[source.tag] = read_json(report_path)
             _say(verbose, f"{source.tag}: already exported ({report_path})")
             continue
-        model, config = build_from_run(run_dir)
-        model = load_weights(model, source.weights)
-        plain = strip(model)
+        config = read_json(paths.run_file(run_dir, paths.CONFIG))
+        plain = strip(load_source(run_dir, source))
         report = {"tag": source.tag, "weights": source.weights, "run_dir": os.path.abspath(run_dir),
                   "model": config["model"], "dataset": config["dataset"], "saved_model": sparse_dir}
         save(plain, sparse_dir)
@@ -272,13 +269,14 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
         report["sparse"] = dataclasses.asdict(size_report(plain, sparse_dir, sparse_tflite))
         if compact:
             compact_dir = paths.export_path(run_dir, export_dir, source.tag + COMPACT_SUFFIX)
-            p = compaction.plan(plain)
-            small = compaction.compact(plain, p)
+            small, plans = compaction.compact(plain, return_plans=True)
             save(small, compact_dir)
             compact_tflite = to_tflite(compact_dir, compact_dir + ".tflite") if tflite else None
             report["compact"] = dataclasses.asdict(size_report(small, compact_dir, compact_tflite))
             report["compact_saved_model"] = compact_dir
-            report["compaction"] = p.as_dict()
+            report["compaction"] = {"units_before": plans[0].units_by_layer(),
+                                    "units_after": plans[-1].units_by_layer(),
+                                    "passes": [p.as_dict() for p in plans]}
         if evaluate:
             report["evaluation"] = _evaluate_exports(report, config, max_test_examples)
         if is_chief():
@@ -364,4 +362,4 @@ def _require_standard_layers(model):
 
 
 __all__ = ["strip", "save", "size_report", "SizeReport", "to_tflite", "serving_logits", "export_run",
-           "run_sources", "build_from_run", "load_weights", "read_points", "gzip_bytes", "dir_bytes"]
+           "run_sources", "load_source", "build_from_run", "load_weights", "gzip_bytes", "dir_bytes"]

@@ -94,6 +94,20 @@ def test_neuron_feeding_only_removed_neurons_is_removed_too(mnist_images):
     assert_same_outputs(model, small, mnist_images)
 
 
+def test_a_unit_fed_only_by_constant_units_is_removed_in_a_second_pass(mnist_images):
+    def edit(w1, b1, w2, b2):
+        w1[:, 2] = 0  # fc1 unit 2 outputs relu(0.5) ...
+        w2[:, 3] = 0
+        w2[2, 3] = 2.0  # ... and fc2 unit 3 hears only it: a constant too, once unit 2 is folded
+
+    model = tiny_lenet300(edit)
+    assert not sparsity.pruned_neurons(model)["fc2"][3]
+    small, plans = compaction.compact(model, return_plans=True)
+    assert [p.removed for p in plans] == [1, 1, 0]
+    assert units(small) == {"fc1": 7, "fc2": 4, "logits": 10}
+    assert_same_outputs(model, small, mnist_images)
+
+
 def test_dead_conv_filters_are_folded_through_relu_max_pool_and_flatten(mnist_images):
     model = models.build("lenet5", seed=0)
     k1, b1 = model.get_layer("conv1").get_weights()
@@ -187,7 +201,7 @@ def test_resnet_inner_block_channels_go_residual_channels_stay(cifar_images):
     assert p.layers["stage2_block1_conv1"].kept_incoming_dead == 1
     assert p.layers["stage3_block1_conv1"].kept == 63
     assert p.layers["stem_conv"].successor is None and "feeds 2 layers" in p.layers["stem_conv"].reason
-    small = compaction.compact(model, p)
+    small = compaction.compact(model)
     assert small.get_layer("stage2_block1_conv1").filters == 31
     assert small.get_layer("stage2_block1_bn1").gamma.shape == (31,)
     assert small.get_layer("stem_conv").filters == 16
