@@ -1,0 +1,351 @@
+"""One-shot pruning baselines and retraining with a fixed mask, on TF-MOT's pruning wrappers.
+
+Masks are ``{key: bool array}`` over :func:`kerasprune._tfmot.masked_parameters` (True = kept).
+Every method trains in a run folder (``training.fit_and_record``: TensorBoard, history, best
+checkpoint, BackupAndRestore) and finishes by writing ``result.json`` there; calling it again on a
+finished folder returns that result without training, and a killed run resumes.
+
+Methods (the names are the ``method`` column of a sweep's results table):
+  - ``lottery_rewind`` (Frankle & Carbin): a given mask, kept weights rewound to their initial values.
+  - ``random_reinit`` (Liu et al.): a given mask, a fresh random initialisation per seed.
+  - ``random_structure``: a random mask with the same number of kept entries in every parameter
+    tensor as the given one, fresh initialisation.
+  - ``magnitude_oneshot``: train dense, prune the kernels by magnitude once (``scope="layer"``:
+    TF-MOT's per-layer ``ConstantSparsity``; ``scope="global"``: one threshold over all kernels, as
+    open_lth does), fine-tune with the mask fixed.
+  - ``imp``: iterative magnitude pruning with rewinding (lottery-ticket rounds of 20% of the kept
+    kernels, global magnitude), until each target sparsity.
+  - ``polynomial_decay``: TF-MOT's gradual PolynomialDecay schedule (Zhu & Gupta) from the dense
+    model to the target sparsity, per layer.
+Fixed-mask methods mask kernels, biases and BatchNorm gamma/beta (all of LOBSTER's zeros stay
+zeros); magnitude methods prune kernels only, as TF-MOT's registry and open_lth do.
+"""
+import functools
+import os
+import time
+
+import numpy as np
+
+from kerasprune import _tfmot, paths, sparsity, training
+from kerasprune._keras import keras
+from kerasprune.errors import KerasPruneError
+
+RESULT = "result.json"  # written last: its presence means the run finished
+FINAL_WEIGHTS = "final.weights.h5"  # the stripped model's weights (pruned entries exactly zero)
+METHODS = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp",
+           "polynomial_decay")
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks.
+
+def mask_of(model, kinds=_tfmot.ALL_KINDS):
+    """The mask of a pruned model's current weights: kept = nonzero."""
+    return {k: v.numpy() != 0 for k, v in _tfmot.masked_parameters(model, kinds).items()}
+
+
+def count_kept(mask):
+    return {k: int(np.count_nonzero(m)) for k, m in mask.items()}
+
+
+def random_structure_mask(mask, seed):
+    """A random mask keeping exactly as many entries of every tensor as ``mask`` does."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, m in mask.items():
+        flat = np.zeros(m.size, bool)
+        flat[rng.choice(m.size, size=int(np.count_nonzero(m)), replace=False)] = True
+        out[key] = flat.reshape(m.shape)
+    return out
+
+
+def global_magnitude_mask(values, n_pruned, current=None):
+    """Prunes the ``n_pruned`` smallest-magnitude entries over all tensors of ``values`` together
+    (already-pruned entries of ``current`` count first), as open_lth's ``sparse_global``."""
+    keys = list(values)
+    scores = np.concatenate([np.abs(np.asarray(values[k], np.float64)).ravel() for k in keys])
+    if current is not None:
+        alive = np.concatenate([np.asarray(current[k], bool).ravel() for k in keys])
+        scores = np.where(alive, scores, -1.0)
+    total = scores.size
+    if not 0 <= n_pruned < total:
+        raise KerasPruneError(f"cannot prune {n_pruned} of {total} parameters")
+    keep = np.ones(total, bool)
+    keep[np.argsort(scores, kind="stable")[:n_pruned]] = False
+    out, start = {}, 0
+    for k in keys:
+        size = np.asarray(values[k]).size
+        out[k] = keep[start:start + size].reshape(np.shape(values[k]))
+        start += size
+    return out
+
+
+def kernel_target(model, pruned_params_pct):
+    """How many kernel entries to prune so that ``pruned_params_pct`` of all prunable parameters
+    (kernels, biases, norms: the sparsity report's count) are pruned, kernels alone carrying it."""
+    total = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model))
+    kernels = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model, ("kernel",)))
+    n = int(round(pruned_params_pct / 100.0 * total))
+    if n >= kernels:
+        raise KerasPruneError(f"{pruned_params_pct:.2f}% of {total} parameters is more than all "
+                              f"{kernels} kernel entries")
+    return n, kernels
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one retraining.
+
+def build_model(config, strategy=None):
+    """The config's model, initialised from ``config.seed``, built in the strategy's scope."""
+    from kerasprune import data, models
+    from kerasprune.distribute import get_strategy
+
+    strategy = strategy or get_strategy(config.strategy)
+    dspec = data.spec(config.dataset, config.data_dir)
+    with strategy.scope():
+        return models.build(config.model, input_shape=dspec.input_shape,
+                            num_classes=dspec.num_classes, seed=config.seed)
+
+
+def build(config, strategy=None):
+    """``(model, splits)``: :func:`build_model` and the config's data (shuffled by ``config.seed``)."""
+    keras.utils.set_random_seed(config.seed)
+    return build_model(config, strategy), load_data(config)
+
+
+def load_data(config):
+    """The config's ``DatasetSplits``, as ``data.load`` makes them, from arrays read once per
+    process (a sweep retrains hundreds of times on the same data)."""
+    from kerasprune import data
+
+    arrays = _arrays(config.dataset, config.data_dir, config.val_fraction, config.split_seed)
+    if config.max_train_examples:
+        n_val = int(round(config.max_train_examples * config.val_fraction))
+        arrays = arrays._replace(x_train=arrays.x_train[:config.max_train_examples],
+                                 y_train=arrays.y_train[:config.max_train_examples],
+                                 x_val=arrays.x_val[:n_val], y_val=arrays.y_val[:n_val])
+    if config.max_test_examples:
+        arrays = arrays._replace(x_test=arrays.x_test[:config.max_test_examples],
+                                 y_test=arrays.y_test[:config.max_test_examples])
+    dspec = data.spec(config.dataset, config.data_dir)
+    return data.DatasetSplits(
+        train=data.pipeline(arrays.x_train, arrays.y_train, dspec, config.batch_size, training=True,
+                            seed=config.seed, augment=dspec.augment),
+        validation=data.pipeline(arrays.x_val, arrays.y_val, dspec, config.batch_size),
+        test=data.pipeline(arrays.x_test, arrays.y_test, dspec, config.batch_size),
+        spec=dspec)
+
+
+@functools.lru_cache(maxsize=4)
+def _arrays(dataset, data_dir, val_fraction, split_seed):
+    from kerasprune import data
+
+    return data.load_arrays(dataset, data_dir=data_dir, val_fraction=val_fraction, split_seed=split_seed)
+
+
+def read_result(run_dir):
+    path = paths.run_file(run_dir, RESULT)
+    return training.read_json(path) if os.path.isfile(path) else None
+
+
+def prepare(config, mask=None, weights=None, schedule=None, kinds=_tfmot.ALL_KINDS):
+    """``(wrapped compiled model, splits)`` ready to retrain: see :func:`retrain` for the arguments."""
+    model, splits = build(config)
+    if weights is not None:
+        model.load_weights(weights)
+    wrapped = _tfmot.wrap(model, schedule=schedule, kinds=kinds)
+    if mask is not None:
+        _tfmot.set_masks(wrapped, mask)
+    with wrapped.distribute_strategy.scope():
+        training.compile_model(wrapped, training.make_optimizer(config.optimizer, config.lr, config.momentum))
+    return wrapped, splits
+
+
+def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmot.ALL_KINDS,
+            select="best", extra=None, verbose="auto"):
+    """Trains ``config.model`` inside TF-MOT wrappers in ``run_dir`` and returns its result dict.
+
+    Args:
+      config: a ``training.TrainConfig`` (``epochs`` = retraining epochs; ``seed`` = init and data
+        order).
+      mask: ``{key: bool}`` written into the wrappers before training (None: TF-MOT's all-ones).
+      weights: a weights file (``save_weights`` of the unwrapped model) to start from instead of the
+        seed's fresh initialisation (rewinding, or a trained dense model).
+      schedule: TF-MOT pruning schedule of the wrappers; default ``FixedMask`` (mask never changes).
+      kinds: which parameters the wrappers mask.
+      select: ``"best"`` (checkpoint with the lowest validation loss) or ``"final"`` weights.
+      extra: more fields for result.json.
+    """
+    from kerasprune.distribute import is_chief
+
+    done = read_result(run_dir)
+    if done is not None:
+        return done
+    start = time.time()
+    os.makedirs(run_dir, exist_ok=True)
+    wrapped, splits = prepare(config, mask, weights, schedule, kinds)
+    history, _ = training.fit_and_record(wrapped, splits, run_dir, config.epochs,
+                                         callbacks=_tfmot.callbacks(), verbose=verbose)
+    best = paths.run_file(run_dir, paths.BEST_WEIGHTS)
+    if select == "best" and os.path.isfile(best):
+        wrapped.load_weights(best)
+    final = _tfmot.strip(wrapped)
+    training.compile_model(final, training.make_optimizer(config.optimizer, config.lr))
+    test = training.evaluate(final, splits.test)
+    val = training.evaluate(final, splits.validation)
+    rep = sparsity.report(final)
+    result = dict(
+        test_error=1.0 - test["accuracy"], test_loss=test["loss"],
+        val_error=1.0 - val["accuracy"], val_loss=val["loss"],
+        pruned_params_pct=rep.pruned_params_pct, pruned_neurons_pct=rep.pruned_neurons_pct,
+        epochs=len(history), seconds=time.time() - start, run_dir=run_dir,
+        weights=FINAL_WEIGHTS, seed=config.seed)
+    if mask is not None:
+        kept = mask_of(final, tuple(k for k in kinds))
+        broken = [k for k in mask if np.any(kept.get(k, mask[k]) & ~np.asarray(mask[k], bool))]
+        if broken:  # a pruned entry came back: the mask was not held
+            raise RuntimeError(f"masked parameters became nonzero during retraining: {broken}")
+    result.update(extra or {})
+    if is_chief():
+        final.save_weights(paths.run_file(run_dir, FINAL_WEIGHTS))
+        training.write_json(paths.run_file(run_dir, paths.CONFIG), _config_dict(config))
+        training.write_json(paths.run_file(run_dir, RESULT), result)
+    return result
+
+
+def _config_dict(config):
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods.
+
+def lottery_rewind(config, run_dir, mask, initial_weights, **kw):
+    """Frankle & Carbin: ``mask`` kept fixed, surviving weights rewound to ``initial_weights``."""
+    return retrain(config, run_dir, mask=mask, weights=initial_weights,
+                   extra={"method": "lottery_rewind"}, **kw)
+
+
+def random_reinit(config, run_dir, mask, **kw):
+    """Liu et al.: ``mask`` kept fixed, fresh initialisation from ``config.seed``."""
+    return retrain(config, run_dir, mask=mask, extra={"method": "random_reinit"}, **kw)
+
+
+def random_structure(config, run_dir, mask, mask_seed, **kw):
+    """A random mask with ``mask``'s per-tensor kept counts (drawn from ``mask_seed``), fresh init."""
+    return retrain(config, run_dir, mask=random_structure_mask(mask, mask_seed),
+                   extra={"method": "random_structure", "mask_seed": mask_seed}, **kw)
+
+
+def dense(config, run_dir, verbose="auto"):
+    """The dense model the magnitude methods start from: ``training.train`` in ``run_dir``.
+
+    Returns ``(initial weights path, trained weights path)`` (trained = best by validation loss).
+    """
+    training.train(config, run_dir, verbose=verbose)
+    return (paths.run_file(run_dir, paths.INITIAL_WEIGHTS), paths.run_file(run_dir, paths.BEST_WEIGHTS))
+
+
+def _trained_kernels(config, weights):
+    model = build_model(config)
+    model.load_weights(weights)
+    return model, {k: v.numpy() for k, v in _tfmot.masked_parameters(model, _tfmot.KERNEL_ONLY).items()}
+
+
+def magnitude_oneshot(config, run_dir, dense_weights, pruned_params_pct, scope="global", **kw):
+    """Prunes the trained dense model once by kernel magnitude and fine-tunes with the mask fixed.
+
+    ``scope="layer"`` lets TF-MOT compute the masks (``ConstantSparsity`` at the first step only:
+    the same fraction of every kernel); ``"global"`` uses one threshold over all kernels.
+    """
+    if read_result(run_dir) is not None:
+        return read_result(run_dir)
+    model, kernels = _trained_kernels(config, dense_weights)
+    n, total = kernel_target(model, pruned_params_pct)
+    extra = {"method": "magnitude_oneshot", "variant": scope}
+    if scope == "layer":
+        return retrain(config, run_dir, weights=dense_weights, schedule=_tfmot.constant_once(n / total),
+                       kinds=_tfmot.KERNEL_ONLY, extra=extra, **kw)
+    if scope != "global":
+        raise KerasPruneError(f"unknown magnitude scope {scope!r}; valid: layer, global")
+    mask = global_magnitude_mask(kernels, n)
+    return retrain(config, run_dir, mask=mask, weights=dense_weights, kinds=_tfmot.KERNEL_ONLY,
+                   extra=extra, **kw)
+
+
+def polynomial_decay(config, run_dir, dense_weights, pruned_params_pct, end_fraction=0.7, **kw):
+    """TF-MOT's gradual pruning from the trained dense model: sparsity rises as Zhu & Gupta's cubic
+    from 0 to the target over the first ``end_fraction`` of the fine-tuning steps, mask updates
+    every ~1/10 epoch, then training continues with the final mask. Final weights are used (earlier
+    checkpoints are less sparse)."""
+    if read_result(run_dir) is not None:
+        return read_result(run_dir)
+    model, _ = _trained_kernels(config, dense_weights)
+    n, total = kernel_target(model, pruned_params_pct)
+    steps_per_epoch = _steps_per_epoch(config)
+    end = max(1, int(end_fraction * config.epochs * steps_per_epoch))
+    schedule = _tfmot.polynomial_decay(n / total, begin_step=0, end_step=end,
+                                       frequency=max(1, min(steps_per_epoch // 10, end)))
+    return retrain(config, run_dir, weights=dense_weights, schedule=schedule, kinds=_tfmot.KERNEL_ONLY,
+                   select="final", extra={"method": "polynomial_decay"}, **kw)
+
+
+def _steps_per_epoch(config):
+    n = len(_arrays(config.dataset, config.data_dir, config.val_fraction, config.split_seed).x_train)
+    if config.max_train_examples:
+        n = min(n, config.max_train_examples)
+    return max(1, -(-n // config.batch_size))
+
+
+def imp_levels(targets_pct, total, kernels, rate=0.2):
+    """The kernel-pruned counts of an IMP chain: rounds pruning ``rate`` of the kept kernels, with
+    each target (a % of all prunable parameters) inserted as an exact level. Returns a sorted list of
+    ``(n_pruned, target_pct or None)``."""
+    targets = {int(round(p / 100.0 * total)): p for p in targets_pct}
+    top = max(targets)
+    levels, kept = set(targets), kernels
+    while True:
+        kept = int(round(kept * (1 - rate)))
+        if kernels - kept >= top:
+            break
+        levels.add(kernels - kept)
+    return [(n, targets.get(n)) for n in sorted(levels)]
+
+
+def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
+    """Iterative magnitude pruning with rewinding to the dense run's initial weights.
+
+    Each round prunes ``rate`` of the kept kernels (global magnitude of the previous round's
+    trained weights), rewinds and retrains ``config.epochs``; levels for the targets are inserted
+    exactly. Each round is a run folder ``root/level_KK``, so a killed chain resumes at its last
+    unfinished round. Returns ``{target_pct: result}``; ``on_level(target_pct, result)`` is called as
+    each target level finishes.
+    """
+    initial, trained = dense(config, dense_dir, verbose=kw.get("verbose", "auto"))
+    model = build_model(config)
+    total = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model))
+    kernels = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model, ("kernel",)))
+    out, previous, mask = {}, trained, None
+    for index, (n, target) in enumerate(imp_levels(targets_pct, total, kernels, rate), start=1):
+        level_dir = os.path.join(root, f"level_{index:02d}")
+        result = read_result(level_dir)
+        if result is None:
+            _, values = _trained_kernels(config, previous)
+            mask = global_magnitude_mask(values, n, current=mask)
+            extra = {"method": "imp", "imp_round": index, "target_pct": target}
+            result = retrain(config, level_dir, mask=mask, weights=initial, kinds=_tfmot.KERNEL_ONLY,
+                             extra=extra, **kw)
+        else:
+            mask = None  # recomputed from the saved weights below
+        previous = os.path.join(level_dir, FINAL_WEIGHTS)
+        if mask is None:
+            m = build_model(config)
+            m.load_weights(previous)
+            mask = mask_of(m, _tfmot.KERNEL_ONLY)
+        if target is not None:
+            out[target] = result
+            if on_level is not None:
+                on_level(target, result)
+    return out

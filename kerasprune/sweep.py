@@ -1,0 +1,391 @@
+"""The Figure 1 sweep: every one-shot baseline at every LOBSTER operating point, for N seeds.
+
+A sweep is described by a TOML file (``experiments/<setup>.toml``, see docs/sweep.md) and runs in an
+output folder ``OUT``:
+  - ``OUT/lobster/``: LOBSTER's run folder (run first with ``kerasprune.lobster.run`` unless the
+    config's ``lobster_dir`` points at an existing one); its ``operating_points.csv`` gives the points.
+  - ``OUT/dense/seed_S/``: the dense model the magnitude baselines (and IMP) start from.
+  - ``OUT/runs/<method>[_<variant>]/point_XXX/seed_S/``: one run folder per retraining (TensorBoard
+    logs, history, result.json); ``OUT/runs/imp/seed_S/level_KK/``: the IMP chain's rounds.
+  - ``OUT/results.csv``: one row per finished run, appended at once (:mod:`kerasprune.results`).
+  - ``OUT/figure1.png``, ``OUT/exports.json`` (SavedModels of the G and best 1-S solutions).
+Killed and rerun, a sweep skips every (method, variant, point, seed) already in the table and
+resumes unfinished runs; two sweeps on one folder split the work through per-run file locks.
+"""
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from kerasprune.errors import KerasPruneError
+from kerasprune.results import ResultsTable, file_lock, key_of
+
+BASELINES = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp",
+             "polynomial_decay")
+ONESHOT_FOR_EXPORT = ("lottery_rewind", "random_reinit", "random_structure")  # the paper's "1-S"
+POINT_COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss",
+                 "test_error", "test_loss", "epoch", "weights")
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """One setup of Figure 1. Training fields apply to the dense runs and to every retraining."""
+
+    name: str = "sweep"
+    model: str = "lenet300"
+    dataset: str = "mnist"
+    seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1])
+    methods: List[str] = dataclasses.field(default_factory=lambda: list(BASELINES))
+    magnitude_scopes: List[str] = dataclasses.field(default_factory=lambda: ["layer", "global"])
+    points: Optional[List[int]] = None  # operating point indices to run (None: all with sparsity > 0)
+    epochs: int = 10  # retraining epochs (and epochs of each IMP round)
+    dense_epochs: int = 10  # training of the dense model the magnitude baselines prune
+    imp_rate: float = 0.2  # fraction of the kept kernels each IMP round prunes
+    batch_size: int = 100
+    lr: float = 0.1
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    max_train_examples: Optional[int] = None
+    max_test_examples: Optional[int] = None
+    data_dir: Optional[str] = None
+    strategy: str = "default"
+    lobster_dir: Optional[str] = None  # an existing LOBSTER run folder (default: OUT/lobster, run if missing)
+    lobster: Dict[str, Any] = dataclasses.field(default_factory=dict)  # LobsterConfig fields
+
+    def __post_init__(self):
+        unknown = set(self.methods) - set(BASELINES)
+        if unknown:
+            raise KerasPruneError(f"unknown methods {sorted(unknown)}; valid names are: {', '.join(BASELINES)}")
+        bad = set(self.magnitude_scopes) - {"layer", "global"}
+        if bad:
+            raise KerasPruneError(f"unknown magnitude_scopes {sorted(bad)}; valid: layer, global")
+        if not self.seeds:
+            raise KerasPruneError("seeds must list at least one seed")
+        if not 0 < self.imp_rate < 1:
+            raise KerasPruneError(f"imp_rate must be in (0, 1), got {self.imp_rate}")
+
+    def train_config(self, seed, epochs=None):
+        from kerasprune.training import TrainConfig
+
+        return TrainConfig(model=self.model, dataset=self.dataset, epochs=self.epochs if epochs is None else epochs,
+                           seed=seed, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
+                           optimizer=self.optimizer, val_fraction=self.val_fraction,
+                           split_seed=self.split_seed, data_dir=self.data_dir,
+                           max_train_examples=self.max_train_examples,
+                           max_test_examples=self.max_test_examples, strategy=self.strategy)
+
+
+def load_config(path, **overrides):
+    """A :class:`SweepConfig` from a TOML file: top-level keys are its fields, ``[lobster]`` the
+    LobsterConfig fields. ``overrides`` (non-None) replace file values."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise KerasPruneError(f"sweep config {path!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise KerasPruneError(f"{path}: not valid TOML: {exc}") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    valid = {f.name for f in dataclasses.fields(SweepConfig)}
+    unknown = set(raw) - valid
+    if unknown:
+        raise KerasPruneError(f"{path}: unknown keys {sorted(unknown)}; valid keys are: {', '.join(sorted(valid))}")
+    raw.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    return SweepConfig(**raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# LOBSTER's operating points (the shared run-folder contract).
+
+def read_operating_points(lobster_dir):
+    """Rows of ``operating_points.csv`` with numbers parsed."""
+    path = os.path.join(lobster_dir, "operating_points.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        parsed = dict(row)
+        for k, v in row.items():
+            if k != "weights" and v not in ("", None):
+                parsed[k] = float(v)
+        parsed["point"] = int(parsed["point"])
+        out.append(parsed)
+    return out
+
+
+def ensure_lobster(config, out, verbose="auto"):
+    """The LOBSTER run folder of the sweep.
+
+    ``lobster_dir`` from the config is used as it is. Otherwise ``OUT/lobster`` is run (or resumed,
+    or found finished) with ``kerasprune.lobster.run``; if that module is not installed, existing
+    operating points there are used as they are.
+    """
+    if config.lobster_dir:
+        if not os.path.isfile(os.path.join(config.lobster_dir, "operating_points.csv")):
+            raise KerasPruneError(f"lobster_dir {config.lobster_dir!r} has no operating_points.csv")
+        return config.lobster_dir
+    lobster_dir = os.path.join(out, "lobster")
+    try:
+        from kerasprune import lobster
+    except ImportError as exc:
+        if os.path.isfile(os.path.join(lobster_dir, "operating_points.csv")):
+            return lobster_dir
+        raise KerasPruneError(f"no operating points in {lobster_dir} and kerasprune.lobster is not "
+                              f"available ({exc}); set lobster_dir to a LOBSTER run folder") from None
+    fields = {f.name for f in dataclasses.fields(lobster.LobsterConfig)}
+    unknown = set(config.lobster) - fields
+    if unknown:
+        raise KerasPruneError(f"[lobster] has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(fields))}")
+    shared = dict(model=config.model, dataset=config.dataset, batch_size=config.batch_size, lr=config.lr,
+                  momentum=config.momentum, data_dir=config.data_dir, val_fraction=config.val_fraction,
+                  split_seed=config.split_seed, max_train_examples=config.max_train_examples,
+                  max_test_examples=config.max_test_examples, strategy=config.strategy,
+                  seed=config.seeds[0])
+    kwargs = {k: v for k, v in shared.items() if k in fields}
+    kwargs.update(config.lobster)
+    with file_lock(lobster_dir + ".lock"):
+        print(f"[sweep] LOBSTER run {lobster_dir} (its operating points drive the sweep)", flush=True)
+        lobster.run(lobster.LobsterConfig(**kwargs), lobster_dir)
+    return lobster_dir
+
+
+def point_mask(config, lobster_dir, row):
+    """LOBSTER's mask at an operating point: nonzero over all prunable parameters."""
+    from kerasprune import oneshot
+
+    model = oneshot.build_model(config.train_config(0))
+    model.load_weights(os.path.join(lobster_dir, row["weights"]))
+    return oneshot.mask_of(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner.
+
+@dataclasses.dataclass
+class Job:
+    method: str
+    variant: str
+    point: Optional[int]  # None for IMP: one job per seed covers all points
+    seed: int
+
+    def keys(self, points):
+        pts = [p["point"] for p in points] if self.point is None else [self.point]
+        return [key_of({"method": self.method, "variant": self.variant, "point": p, "seed": self.seed})
+                for p in pts]
+
+    def run_dir(self, out):
+        name = self.method + (f"_{self.variant}" if self.variant else "")
+        if self.point is None:
+            return os.path.join(out, "runs", name, f"seed_{self.seed}")
+        return os.path.join(out, "runs", name, f"point_{self.point:03d}", f"seed_{self.seed}")
+
+
+def jobs_for(config, points):
+    """Every run of the sweep, point by point (so a partial sweep already covers the low sparsities)."""
+    jobs = []
+    for row in points:
+        for method in config.methods:
+            if method == "imp":
+                continue
+            variants = config.magnitude_scopes if method == "magnitude_oneshot" else [""]
+            for variant in variants:
+                jobs += [Job(method, variant, row["point"], s) for s in config.seeds]
+    if "imp" in config.methods:
+        jobs += [Job("imp", "", None, s) for s in config.seeds]
+    return jobs
+
+
+def run(config, out, verbose="auto"):
+    """Runs (or resumes) the sweep in ``out``; returns the rows of the results table."""
+    from kerasprune import oneshot, report, training
+    from kerasprune.distribute import is_chief
+
+    os.makedirs(out, exist_ok=True)
+    if is_chief():
+        training.write_json(os.path.join(out, "sweep_config.json"), dataclasses.asdict(config))
+    table = ResultsTable(os.path.join(out, "results.csv"))
+    lobster_dir = ensure_lobster(config, out, verbose)
+    all_points = read_operating_points(lobster_dir)
+    for row in all_points:
+        _append(table, _row("lobster", "", row["point"], int(_lobster_seed(lobster_dir, config)), row,
+                            row["pruned_params_pct"], os.path.relpath(lobster_dir, out)))
+    points = [p for p in all_points
+              if (p["point"] in config.points if config.points is not None else p["pruned_params_pct"] > 0)]
+    if not points:
+        raise KerasPruneError(f"{lobster_dir} has no operating points to run (selected: {config.points})")
+    ctx = _Context(config, out, lobster_dir, points, table, verbose)
+    jobs = jobs_for(config, points)
+    ctx.start(jobs)
+    deferred = [job for job in jobs if not ctx.run_job(job, blocking=False)]
+    for job in deferred:  # another sweep held them: wait for it, then do what it left undone
+        ctx.run_job(job, blocking=True)
+    rows = table.rows()
+    if is_chief():
+        from kerasprune import results
+
+        report.figure1(results.read(table.path), os.path.join(out, "figure1.png"),
+                       title=f"{config.name}: {config.model} on {config.dataset}")
+        export_solutions(config, out, lobster_dir, all_points, results.read(table.path))
+    print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, 'figure1.png')}")
+    return rows
+
+
+def _lobster_seed(lobster_dir, config):
+    path = os.path.join(lobster_dir, "config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f).get("seed", config.seeds[0])
+    return config.seeds[0]
+
+
+def _row(method, variant, point, seed, result, target_pct, run_dir):
+    return {"method": method, "variant": variant, "point": point, "seed": seed,
+            "pruned_params_pct": result["pruned_params_pct"],
+            "pruned_neurons_pct": result["pruned_neurons_pct"], "test_error": result["test_error"],
+            "val_error": result.get("val_error"), "test_loss": result.get("test_loss"),
+            "target_pruned_params_pct": target_pct, "epochs": result.get("epochs", result.get("epoch")),
+            "seconds": result.get("seconds"), "run_dir": run_dir}
+
+
+def _append(table, row):
+    from kerasprune.distribute import is_chief
+
+    return table.append(row) if is_chief() else False
+
+
+class _Context:
+    """State shared by the jobs of one sweep: config, points, masks (cached), progress."""
+
+    def __init__(self, config, out, lobster_dir, points, table, verbose):
+        self.config, self.out, self.lobster_dir = config, out, lobster_dir
+        self.points, self.table, self.verbose = points, table, verbose
+        self.by_point = {p["point"]: p for p in points}
+        self._masks = {}
+        self.total = self.finished = self.finished_before = 0
+        self.started = time.time()
+
+    def start(self, jobs):
+        done = self.table.done()
+        keys = [k for j in jobs for k in j.keys(self.points)]
+        self.total = len(keys)
+        self.finished = self.finished_before = sum(k in done for k in keys)
+        print(f"[sweep] {self.total} runs, {self.finished} already done", flush=True)
+
+    def mask(self, point):
+        if point not in self._masks:
+            self._masks[point] = point_mask(self.config, self.lobster_dir, self.by_point[point])
+        return self._masks[point]
+
+    def dense(self, seed):
+        from kerasprune import oneshot
+
+        dense_dir = os.path.join(self.out, "dense", f"seed_{seed}")
+        cfg = dataclasses.replace(self.config.train_config(seed, self.config.dense_epochs),
+                                  export_dir=os.path.join(self.out, "saved_models"))
+        with file_lock(dense_dir + ".lock"):
+            return dense_dir, cfg, oneshot.dense(cfg, dense_dir, verbose=self.verbose)
+
+    def run_job(self, job, blocking):
+        """Runs ``job`` unless done; returns False if another process holds its lock."""
+        if all(k in self.table.done() for k in job.keys(self.points)):
+            return True
+        run_dir = job.run_dir(self.out)
+        with file_lock(run_dir.rstrip("/") + ".lock", blocking=blocking) as held:
+            if not held:
+                return False
+            self._execute(job, run_dir)
+        return True
+
+    def _record(self, job, point, result, run_dir):
+        row = _row(job.method, job.variant, point, job.seed, result,
+                   self.by_point[point]["pruned_params_pct"], os.path.relpath(run_dir, self.out))
+        if _append(self.table, row):
+            self.finished += 1
+            self._progress(job, point, result)
+
+    def _execute(self, job, run_dir):
+        from kerasprune import oneshot
+
+        config = self.config
+        cfg = config.train_config(job.seed)
+        row = self.by_point.get(job.point)
+        kw = {"verbose": self.verbose}
+        print(f"[sweep] run {self.finished + 1}/{self.total}: {job.method}"
+              f"{' ' + job.variant if job.variant else ''} point "
+              f"{job.point if job.point is not None else 'all'} seed {job.seed} -> {run_dir}", flush=True)
+        if job.method == "lottery_rewind":
+            result = oneshot.lottery_rewind(cfg, run_dir, self.mask(job.point),
+                                            os.path.join(self.lobster_dir, "initial.weights.h5"), **kw)
+        elif job.method == "random_reinit":
+            result = oneshot.random_reinit(cfg, run_dir, self.mask(job.point), **kw)
+        elif job.method == "random_structure":
+            result = oneshot.random_structure(cfg, run_dir, self.mask(job.point),
+                                              mask_seed=[job.seed, job.point], **kw)
+        elif job.method in ("magnitude_oneshot", "polynomial_decay"):
+            _, _, (_, trained) = self.dense(job.seed)
+            if job.method == "magnitude_oneshot":
+                result = oneshot.magnitude_oneshot(cfg, run_dir, trained, row["pruned_params_pct"],
+                                                   scope=job.variant, **kw)
+            else:
+                result = oneshot.polynomial_decay(cfg, run_dir, trained, row["pruned_params_pct"], **kw)
+        elif job.method == "imp":
+            dense_dir, _, _ = self.dense(job.seed)
+            targets = {p["pruned_params_pct"]: p["point"] for p in self.points}
+            oneshot.imp(cfg, run_dir, dense_dir, sorted(targets), rate=config.imp_rate,
+                        on_level=lambda pct, res: self._record(job, targets[pct], res, res["run_dir"]), **kw)
+            return
+        else:  # guarded by SweepConfig
+            raise KerasPruneError(f"unknown method {job.method!r}")
+        self._record(job, job.point, result, run_dir)
+
+    def _progress(self, job, point, result):
+        elapsed = time.time() - self.started
+        done_here = self.finished - self.finished_before
+        left = self.total - self.finished
+        eta = f", ~{elapsed / done_here * left / 60:.1f} min left" if done_here and left > 0 else ""
+        name = job.method + (f"_{job.variant}" if job.variant else "")
+        print(f"[sweep] run {self.finished}/{self.total} done: {name} point {point} seed {job.seed}: "
+              f"test error {100 * result['test_error']:.2f}% at {result['pruned_params_pct']:.2f}% "
+              f"pruned ({elapsed / 60:.1f} min this session{eta})", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exports for the analysis (G vs 1-S at the highest sparsity).
+
+def export_solutions(config, out, lobster_dir, all_points, rows):
+    """SavedModels of LOBSTER's highest-sparsity point (G) and of the best fixed-mask retraining at
+    that point by validation error (1-S); their paths go to ``OUT/exports.json``."""
+    from kerasprune import oneshot, training
+
+    top = max(all_points, key=lambda p: p["pruned_params_pct"])
+    candidates = [r for r in rows if r["method"] in ONESHOT_FOR_EXPORT and r["point"] == top["point"]
+                  and r.get("val_error") is not None]
+    exports_path = os.path.join(out, "exports.json")
+    current = training.read_json(exports_path) if os.path.isfile(exports_path) else {}
+    info = dict(current)
+    g_source = os.path.join(lobster_dir, top["weights"])
+    if current.get("g_source") != g_source:
+        model = oneshot.build_model(config.train_config(0))
+        model.load_weights(g_source)
+        info.update(g=training.export_saved_model(model, os.path.join(out, "exports", "g")),
+                    g_source=g_source, g_point=top["point"], g_pruned_params_pct=top["pruned_params_pct"],
+                    g_test_error=top["test_error"])
+    if candidates:
+        best = min(candidates, key=lambda r: (r["val_error"], r["test_error"]))
+        source = os.path.join(out, best["run_dir"], oneshot.FINAL_WEIGHTS)
+        if current.get("oneshot_source") != source:
+            model = oneshot.build_model(config.train_config(0))
+            model.load_weights(source)
+            info.update(oneshot=training.export_saved_model(model, os.path.join(out, "exports", "oneshot")),
+                        oneshot_source=source, oneshot_method=best["method"], oneshot_seed=int(best["seed"]),
+                        oneshot_point=int(best["point"]), oneshot_test_error=best["test_error"])
+    if info != current:
+        training.write_json(exports_path, info)
+    return info
