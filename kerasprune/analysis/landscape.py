@@ -70,25 +70,31 @@ def make_plane(model_g, model_s, seed=0, filter_normalize=False, support="all"):
     origin = [v.numpy().astype(np.float64) for v in wg]
     d1 = [s.numpy().astype(np.float64) - o for s, o in zip(ws, origin)]
     trainable = [v.ref() in trainable_refs for v in wg]
-    d2 = []
+    d2, allowed = [], []  # allowed: entries where d2 may be nonzero
     for v, o, s, t in zip(wg, origin, ws, trainable):
-        if not t or (filter_normalize and o.ndim <= 1):
-            d2.append(np.zeros_like(o))
-            continue
-        r = rng.standard_normal(o.shape)
-        if support == "union" and v.ref() in prunable_refs:
-            r *= (o != 0) | (s.numpy() != 0)
-        if filter_normalize:
+        ok = np.full(o.shape, bool(t and not (filter_normalize and o.ndim <= 1)))
+        if ok.any() and support == "union" and v.ref() in prunable_refs:
+            ok &= (o != 0) | (s.numpy() != 0)
+        r = rng.standard_normal(o.shape) * ok
+        if filter_normalize and ok.any():
             axes = tuple(range(o.ndim - 1))
             scale = np.sqrt(np.sum(o ** 2, axis=axes)) / (np.sqrt(np.sum(r ** 2, axis=axes)) + 1e-10)
             r = r * scale
         d2.append(r)
+        allowed.append(ok)
     flat1 = np.concatenate([d.ravel() for d, t in zip(d1, trainable) if t])
     flat2 = np.concatenate([d.ravel() for d, t in zip(d2, trainable) if t])
+    ok = np.concatenate([a.ravel() for a, t in zip(allowed, trainable) if t])
     n1 = np.linalg.norm(flat1)
     if n1 == 0:
         raise KerasPruneError("the two models have identical trainable weights: no plane through them")
-    flat2 = flat2 - np.dot(flat2, flat1) / n1 ** 2 * flat1
+    # Gram-Schmidt against d1's part on the allowed entries: d2 stays zero elsewhere, and since it
+    # is zero there, orthogonality to that part is orthogonality to d1.
+    d1_allowed = flat1 * ok
+    if np.dot(d1_allowed, d1_allowed) > 0:
+        flat2 = flat2 - np.dot(flat2, d1_allowed) / np.dot(d1_allowed, d1_allowed) * d1_allowed
+    if np.linalg.norm(flat2) == 0:
+        raise KerasPruneError("no random direction orthogonal to 1-S minus G is left on the allowed weights")
     flat2 *= n1 / np.linalg.norm(flat2)
     sizes = [d.size for d, t in zip(d2, trainable) if t]
     parts = iter(np.split(flat2, np.cumsum(sizes)[:-1]))
