@@ -82,6 +82,8 @@ class CompactionPlan:
     """Per-layer plan of :func:`compact`, in the model's layer order."""
 
     layers: Dict[str, LayerPlan]
+    # ((top, bottom), (left, right)) pixels cropped from the input (see crop_input), if any.
+    input_crop: Optional[tuple] = None
 
     @property
     def units(self):
@@ -96,7 +98,7 @@ class CompactionPlan:
         return {name: p.units for name, p in self.layers.items()}
 
     def as_dict(self):
-        return {"hidden_units": self.units, "removed_units": self.removed,
+        return {"hidden_units": self.units, "removed_units": self.removed, "input_crop": self.input_crop,
                 "layers": [p.as_dict() for p in self.layers.values()]}
 
 
@@ -144,7 +146,67 @@ def compact(model, max_passes=10, return_plans=False):
         if plans[-1].removed == 0:
             break
         model = _compact_once(model, plans[-1])
+    model, plans[-1].input_crop = crop_input(model)
     return (model, plans) if return_plans else model
+
+
+def crop_input(model):
+    """``(model, crop)``: ``model`` with the input border that no weight reads cropped away.
+
+    Applies to a chain ``image -> Flatten -> Dense -> ...`` (LeNet-300): pixels whose rows of the
+    first kernel are all zero do not affect the output, and when they frame the image a standard
+    ``Cropping2D`` layer (named ``<input>_crop``) removes them before the Flatten, shrinking the first
+    kernel. The input signature is unchanged. Returns ``(model, None)`` when nothing can be cropped.
+    """
+    chain = _linear_chain(model)
+    if chain is None or len(chain) < 2 or len(model.inputs[0].shape) != 4:
+        return model, None
+    flatten, dense = chain[0], chain[1]
+    if not (isinstance(flatten, keras.layers.Flatten) and _channels_last(flatten)
+            and type(dense) is keras.layers.Dense):
+        return model, None
+    height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
+    kernel = dense.kernel.numpy().reshape(height, width, channels, -1)
+    live = np.any(kernel != 0, axis=(2, 3))
+    if not live.any():
+        return model, None
+    rows, cols = np.flatnonzero(live.any(1)), np.flatnonzero(live.any(0))
+    crop = ((int(rows[0]), height - 1 - int(rows[-1])), (int(cols[0]), width - 1 - int(cols[-1])))
+    if crop == ((0, 0), (0, 0)):
+        return model, None
+    input_layer = model.layers[0]
+    with model.distribute_strategy.scope():
+        inputs = keras.Input(model.inputs[0].shape[1:], name=input_layer.name, dtype=model.inputs[0].dtype)
+        x = keras.layers.Cropping2D(crop, name=f"{input_layer.name}_crop")(inputs)
+        layers = {}
+        for layer in chain:
+            layers[layer.name] = layer.__class__.from_config(layer.get_config())
+            x = layers[layer.name](x)
+        cropped = keras.Model(inputs, x, name=model.name)
+    (top, bottom), (left, right) = crop
+    first = [kernel[top:height - bottom, left:width - right].reshape(-1, kernel.shape[-1])]
+    layers[dense.name].set_weights(first + dense.get_weights()[1:])
+    for layer in chain[2:]:
+        if layer.weights:
+            layers[layer.name].set_weights(layer.get_weights())
+    return cropped, crop
+
+
+def _linear_chain(model):
+    """The layers after the single input if the model is one unbranched chain, else None."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
+    chain, current = [], model.layers[0]
+    if not isinstance(current, keras.layers.InputLayer):
+        return None
+    while True:
+        consumers = _consumers(current)
+        if not consumers:
+            return chain if current.output is model.outputs[0] else None
+        if len(consumers) != 1 or len(consumers[0]._inbound_nodes) != 1 or isinstance(consumers[0], keras.Model):
+            return None
+        current = consumers[0]
+        chain.append(current)
 
 
 def _compact_once(model, p):
@@ -308,4 +370,4 @@ def _new_weights(model, p):
     return weights, configs
 
 
-__all__ = ["compact", "plan", "CompactionPlan", "LayerPlan"]
+__all__ = ["compact", "plan", "crop_input", "CompactionPlan", "LayerPlan"]

@@ -276,6 +276,7 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
             report["compact_saved_model"] = compact_dir
             report["compaction"] = {"units_before": plans[0].units_by_layer(),
                                     "units_after": plans[-1].units_by_layer(),
+                                    "input_crop": plans[-1].input_crop,
                                     "passes": [p.as_dict() for p in plans]}
         if evaluate:
             report["evaluation"] = _evaluate_exports(report, config, max_test_examples)

@@ -138,16 +138,34 @@ def test_removed_units_are_exactly_the_pruned_neurons_of_a_trained_pruned_lenet3
     weights[2][:, np.argsort(np.abs(weights[2]).sum(0))[:30]] = 0
     model.set_weights(weights)
     dead = sparsity.pruned_neurons(model)
-    small = compaction.compact(model)
+    small, plans = compaction.compact(model, return_plans=True)
     k1, k2 = 300 - dead["fc1"].sum(), 100 - dead["fc2"].sum()
     assert k1 <= 200 and k2 <= 70
     assert units(small) == {"fc1": k1, "fc2": k2, "logits": 10}
-    assert small.count_params() == 784 * k1 + k1 + k1 * k2 + k2 + k2 * 10 + 10
+    (top, bottom), (left, right) = plans[-1].input_crop or ((0, 0), (0, 0))
+    pixels = (28 - top - bottom) * (28 - left - right)
+    assert small.count_params() == pixels * k1 + k1 + k1 * k2 + k2 + k2 * 10 + 10
     assert_same_outputs(model, small, mnist_images, atol=1e-4)
     labels = np.concatenate([y.numpy() for _, y in mnist_small.test])
     acc = [np.mean(m.predict(mnist_images, verbose=0, batch_size=500).argmax(-1) == labels)
            for m in (model, small)]
     assert acc[0] == acc[1] > 0.7
+
+
+def test_input_border_that_no_weight_reads_is_cropped_with_a_standard_layer(mnist_images):
+    model = models.build("lenet300", hidden=(8, 5), seed=0)
+    weights = model.get_weights()
+    kernel = weights[0].reshape(28, 28, 1, 8)
+    kernel[:3], kernel[-2:], kernel[:, :4], kernel[:, -1:] = 0, 0, 0, 0
+    kernel[10, 10] = 0  # an inner dead pixel stays: cropping removes a frame only
+    model.set_weights(weights)
+    small, plans = compaction.compact(model, return_plans=True)
+    assert plans[-1].input_crop == ((3, 2), (4, 1))
+    crop = small.get_layer("image_crop")
+    assert isinstance(crop, keras.layers.Cropping2D) and crop.cropping == ((3, 2), (4, 1))
+    assert small.get_layer("fc1").kernel.shape == (23 * 23, 8)
+    assert small.input_names == ["image"] and small.input_shape == (None, 28, 28, 1)
+    assert_same_outputs(model, small, mnist_images)
 
 
 def test_tfmot_wrapped_model_is_stripped_with_masks_folded_before_compaction(mnist_images):

@@ -87,7 +87,11 @@ def test_export_command_writes_sparse_compact_and_tflite_models_of_every_operati
         assert rep["sparse"]["params"] == 266610
         assert rep["sparse"]["nonzero_params"] == sum(int(np.count_nonzero(w)) for w in weights)
         k1, k2 = 300 - dead["fc1"].sum(), 100 - dead["fc2"].sum()
-        assert rep["compact"]["params"] == 784 * k1 + k1 + k1 * k2 + k2 + k2 * 10 + 10
+        assert rep["compaction"]["units_after"] == {"fc1": k1, "fc2": k2, "logits": 10}
+        live = np.any(weights[0][:, ~dead["fc1"]] != 0, axis=1).reshape(28, 28)
+        rows, cols = np.flatnonzero(live.any(1)), np.flatnonzero(live.any(0))
+        pixels = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)  # the input is cropped to these
+        assert rep["compact"]["params"] == pixels * k1 + k1 + k1 * k2 + k2 + k2 * 10 + 10
         assert rep["compact"]["pruned_neurons_pct"] == 0  # nothing removable is left
         assert rep["compact"]["saved_model_gzip_bytes"] < rep["sparse"]["saved_model_gzip_bytes"]
         assert rep["compact"]["tflite_bytes"] < rep["sparse"]["tflite_bytes"]
