@@ -15,7 +15,7 @@ LABELS = {
     "random_reinit": "Liu et al. (reinit)",
     "random_structure": "Random pruning",
     "magnitude_oneshot": "Magnitude one-shot",
-    "imp": "IMP (20%/round)",
+    "imp": "IMP (lottery rounds)",
     "polynomial_decay": "PolynomialDecay (Zhu & Gupta)",
 }
 ORDER = tuple(LABELS)
@@ -84,7 +84,7 @@ def figure1(rows, path, title=None):
     top.set_xticklabels([_pct(lobster, p, "pruned_neurons_pct") for p in points])
     top.set_xlabel("Pruned neurons (%) of LOBSTER")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -102,11 +102,9 @@ def _pct(lobster, point, column):
     return "?" if row is None or row.get(column) is None else f"{float(row[column]):.2f}"
 
 
-def _log_ticks(lo, hi):
-    """About six readable ticks between ``lo`` and ``hi`` on a log axis (the paper labels values)."""
-    lo, hi = max(lo, 1e-3) * 0.95, hi * 1.05
-    candidates = sorted({m * 10.0 ** e for e in range(-3, 3) for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)})
-    inside = [c for c in candidates if lo <= c <= hi]
-    while len(inside) > 7:
-        inside = inside[::2]
-    return inside or [lo, hi]
+def _log_ticks(lo, hi, count=6):
+    """``count`` readable ticks spread evenly (in log) from ``lo`` to ``hi``, 2 significant digits,
+    since the paper labels its error axis with values rather than decades."""
+    lo, hi = max(lo, 1e-3), max(hi, lo * 1.01)
+    ticks = [float(f"{v:.2g}") for v in np.geomspace(lo, hi, count)]
+    return sorted(set(ticks))

@@ -105,12 +105,14 @@ def load_config(path, **overrides):
 # LOBSTER's operating points (the shared run-folder contract).
 
 def read_operating_points(lobster_dir):
-    """Rows of ``operating_points.csv`` with numbers parsed."""
+    """Finished rows of ``operating_points.csv`` (with a test error), numbers parsed."""
     path = os.path.join(lobster_dir, "operating_points.csv")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
     for row in rows:
+        if row.get("test_error") in ("", None):  # the level LOBSTER is still in: not a point yet
+            continue
         parsed = dict(row)
         for k, v in row.items():
             if k != "weights" and v not in ("", None):
@@ -152,7 +154,7 @@ def ensure_lobster(config, out, verbose="auto"):
     kwargs.update(config.lobster)
     with file_lock(lobster_dir + ".lock"):
         print(f"[sweep] LOBSTER run {lobster_dir} (its operating points drive the sweep)", flush=True)
-        lobster.run(lobster.LobsterConfig(**kwargs), lobster_dir)
+        lobster.run(lobster.LobsterConfig(**kwargs), lobster_dir, verbose=verbose)
     return lobster_dir
 
 
@@ -287,8 +289,7 @@ class _Context:
         from kerasprune import oneshot
 
         dense_dir = os.path.join(self.out, "dense", f"seed_{seed}")
-        cfg = dataclasses.replace(self.config.train_config(seed, self.config.dense_epochs),
-                                  export_dir=os.path.join(self.out, "saved_models"))
+        cfg = self.config.train_config(seed, self.config.dense_epochs)
         with file_lock(dense_dir + ".lock"):
             return dense_dir, cfg, oneshot.dense(cfg, dense_dir, verbose=self.verbose)
 

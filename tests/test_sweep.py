@@ -1,0 +1,217 @@
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kerasprune import cli, oneshot, report, results, sweep, training
+from kerasprune.errors import KerasPruneError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = dict(model="lenet300", dataset="mnist", max_train_examples=500, max_test_examples=200)
+
+
+@pytest.fixture(scope="session")
+def lobster_dir(tmp_path_factory):
+    """A LOBSTER run folder in the shared contract's format, made without LOBSTER: LeNet-300 trained
+    briefly on real MNIST, then magnitude-pruned (kernels and biases) to 50% and 80%."""
+    out = tmp_path_factory.mktemp("lobster")
+    config = training.TrainConfig(epochs=1, seed=0, **DATA)
+    model, splits = oneshot.build(config)
+    model.save_weights(str(out / "initial.weights.h5"))
+    training.compile_model(model, training.make_optimizer("sgd", 0.1))
+    model.fit(splits.train, epochs=1, verbose=0)
+    os.makedirs(out / "points")
+    params = oneshot._tfmot.masked_parameters(model)
+    rows = []
+    for point, pct in enumerate((0.0, 50.0, 80.0)):
+        n = int(round(pct / 100 * sum(int(np.prod(v.shape)) for v in params.values())))
+        mask = oneshot.global_magnitude_mask({k: v.numpy() for k, v in params.items()}, n)
+        for key, var in params.items():
+            var.assign(var.numpy() * mask[key])
+        weights = f"points/point_{point:03d}.weights.h5"
+        model.save_weights(str(out / weights))
+        rep = oneshot.sparsity.report(model)
+        val, test = training.evaluate(model, splits.validation), training.evaluate(model, splits.test)
+        rows.append(dict(point=point, pruned_params_pct=rep.pruned_params_pct,
+                         pruned_neurons_pct=rep.pruned_neurons_pct, val_error=1 - val["accuracy"],
+                         val_loss=val["loss"], test_error=1 - test["accuracy"], test_loss=test["loss"],
+                         epoch=point, weights=weights))
+    with open(out / "operating_points.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "config.json").write_text(json.dumps(dict(seed=0, batch_size=100, lr=0.1, momentum=0.0,
+                                                     data_dir=None, val_fraction=0.1, split_seed=0, **DATA)))
+    return str(out)
+
+
+def tiny(lobster_dir, **kw):
+    base = dict(name="tiny", seeds=[0, 1], epochs=1, dense_epochs=1, imp_rate=0.5, lobster_dir=lobster_dir,
+                **DATA)
+    base.update(kw)
+    return sweep.SweepConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------
+# The results table.
+
+def row(method="random_reinit", point=1, seed=0, **kw):
+    base = dict(method=method, variant="", point=point, seed=seed, pruned_params_pct=50.0,
+                pruned_neurons_pct=1.0, test_error=0.1)
+    base.update(kw)
+    return base
+
+
+def test_results_table_appends_rows_once_per_key(tmp_path):
+    table = results.ResultsTable(str(tmp_path / "results.csv"))
+    assert table.append(row(seed=0)) and table.append(row(seed=1))
+    assert not table.append(row(seed=0, test_error=0.5))  # same run again: not recorded twice
+    assert table.append(row(seed=0, method="magnitude_oneshot", variant="layer"))
+    rows = results.read(table.path)
+    assert [(r["method"], r["seed"], r["test_error"]) for r in rows] == [
+        ("random_reinit", 0.0, 0.1), ("random_reinit", 1.0, 0.1), ("magnitude_oneshot", 0.0, 0.1)]
+    with pytest.raises(ValueError, match="unknown result columns"):
+        table.append(row(colour="red"))
+
+
+def test_a_torn_last_line_is_ignored_and_repaired_on_the_next_append(tmp_path):
+    table = results.ResultsTable(str(tmp_path / "results.csv"))
+    table.append(row(seed=0))
+    with open(table.path, "a") as f:
+        f.write("random_reinit,,1,1,50.0,1")  # a writer killed mid-row
+    assert len(table.rows()) == 1
+    table.append(row(seed=2))
+    assert [r["seed"] for r in table.rows()] == ["0", "2"]
+
+
+def test_two_processes_appending_at_once_lose_and_duplicate_nothing(tmp_path):
+    path = str(tmp_path / "results.csv")
+    code = ("import sys; from kerasprune import results; t = results.ResultsTable(sys.argv[1])\n"
+            "for i in range(60): t.append(dict(method='imp', point=i % 30, seed=int(sys.argv[2]) + i // 30,"
+            " test_error=0.1, run_dir='x' * 300))")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", code, path, s], env=env) for s in ("0", "0", "2")]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    keys = [results.key_of(r) for r in results.ResultsTable(path).rows()]
+    assert len(keys) == 120 and len(set(keys)) == 120  # seeds 0,1 (twice each: deduplicated), 2,3
+
+
+def test_a_held_run_lock_is_reported_busy_to_a_second_sweep(tmp_path):
+    path = str(tmp_path / "run.lock")
+    with results.file_lock(path) as held:
+        assert held
+        with results.file_lock(path, blocking=False) as second:
+            assert second is False
+    with results.file_lock(path, blocking=False) as again:
+        assert again
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs.
+
+def test_every_experiment_config_loads():
+    folder = os.path.join(ROOT, "experiments")
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".toml"))
+    assert {"quick.toml", "lenet300_mnist.toml", "lenet5_mnist.toml", "lenet5_fashion_mnist.toml",
+            "resnet32_cifar10.toml"} <= set(names)
+    for name in names:
+        config = sweep.load_config(os.path.join(folder, name))
+        assert config.name == name[:-5] and config.seeds
+
+
+def test_config_errors_name_the_bad_key_and_the_valid_ones(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('model = "lenet300"\nepoch = 3\n')
+    with pytest.raises(KerasPruneError, match=r"unknown keys \['epoch'\].*epochs"):
+        sweep.load_config(str(path))
+    path.write_text('methods = ["lottery"]\n')
+    with pytest.raises(KerasPruneError, match="unknown methods.*lottery_rewind"):
+        sweep.load_config(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps.
+
+def test_tiny_sweep_writes_every_method_a_figure_and_exports(tmp_path, lobster_dir):
+    out = str(tmp_path / "sweep")
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(
+        f'seeds = [0, 1]\nepochs = 1\ndense_epochs = 1\nimp_rate = 0.5\nlobster_dir = "{lobster_dir}"\n'
+        'max_train_examples = 500\nmax_test_examples = 200\n')
+    assert cli.main(["sweep", str(config_path), "--out", out]) == 0
+    rows = results.read(os.path.join(out, "results.csv"))
+    for column in ("method", "seed", "pruned_params_pct", "pruned_neurons_pct", "test_error", "point",
+                   "val_error", "epochs", "seconds", "run_dir"):
+        assert column in rows[0]
+    count = {}
+    for r in rows:
+        count[(r["method"], r["variant"])] = count.get((r["method"], r["variant"]), 0) + 1
+    assert count == {("lobster", None): 3, ("lottery_rewind", None): 4, ("random_reinit", None): 4,
+                     ("random_structure", None): 4, ("magnitude_oneshot", "layer"): 4,
+                     ("magnitude_oneshot", "global"): 4, ("imp", None): 4, ("polynomial_decay", None): 4}
+    for r in rows:
+        assert 0 <= r["test_error"] < 0.9
+        if r["method"] in ("lottery_rewind", "random_reinit", "random_structure"):
+            # All of LOBSTER's zeros stay zero (fresh zero biases may add a few more).
+            assert r["pruned_params_pct"] >= r["target_pruned_params_pct"] - 1e-9
+            assert r["pruned_params_pct"] == pytest.approx(r["target_pruned_params_pct"], abs=0.2)
+        elif r["method"] != "lobster":
+            assert r["pruned_params_pct"] == pytest.approx(r["target_pruned_params_pct"], abs=0.5)
+        if r["method"] != "lobster":
+            assert os.listdir(os.path.join(out, r["run_dir"], "tensorboard"))
+    assert os.path.getsize(os.path.join(out, "figure1.png")) > 10_000
+    exports = json.loads(open(os.path.join(out, "exports.json")).read())
+    assert exports["g_point"] == 2 and exports["oneshot_point"] == 2
+    assert os.path.isfile(os.path.join(exports["g"], "saved_model.pb"))
+    assert os.path.isfile(os.path.join(exports["oneshot"], "saved_model.pb"))
+    # Running the finished sweep again trains nothing and adds no row.
+    import kerasprune.oneshot as module
+
+    original = module.prepare
+    module.prepare = lambda *a, **k: pytest.fail("a finished run was trained again")
+    try:
+        assert cli.main(["sweep", str(config_path), "--out", out]) == 0
+    finally:
+        module.prepare = original
+    assert len(results.read(os.path.join(out, "results.csv"))) == len(rows)
+
+
+def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, lobster_dir, monkeypatch):
+    out = str(tmp_path / "sweep")
+    config = tiny(lobster_dir, seeds=[0], methods=["random_reinit", "random_structure"])
+    calls = []
+    original = oneshot.prepare
+
+    def dies_on_third_run(*args, **kwargs):
+        calls.append(args[0].seed)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # what a kill looks like from inside
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(oneshot, "prepare", dies_on_third_run)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(config, out, verbose=0)
+    before = results.read(os.path.join(out, "results.csv"))
+    assert [r["method"] for r in before if r["method"] != "lobster"] == ["random_reinit", "random_structure"]
+    calls.clear()
+    sweep.run(config, out, verbose=0)
+    assert len(calls) == 2  # only the two runs not yet finished
+    after = results.read(os.path.join(out, "results.csv"))
+    assert after[:len(before)] == before
+    keys = [results.key_of(r) for r in after]
+    assert len(keys) == len(set(keys)) == 3 + 4
+
+
+def test_figure1_plots_mean_over_seeds_on_a_log_axis(tmp_path):
+    rows = [dict(method="lobster", variant=None, point=p, seed=0, test_error=e, pruned_params_pct=x,
+                 pruned_neurons_pct=n) for p, e, x, n in ((0, 0.02, 0.0, 0.0), (1, 0.018, 60.0, 10.0))]
+    rows += [dict(method="random_reinit", variant=None, point=1, seed=s, test_error=e, pruned_params_pct=60.0,
+                  pruned_neurons_pct=5.0) for s, e in ((0, 0.02), (1, 0.03))]
+    stats = report.summarize(rows)
+    assert stats[("random_reinit", "")][1][:2] == pytest.approx((2.5, 0.5))
+    path = report.figure1(rows, str(tmp_path / "f.png"))
+    assert os.path.getsize(path) > 5_000
