@@ -214,7 +214,14 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
         return result
 
     strategy = sub.distribute_strategy
-    compiled = tf.function(lambda x, y: strategy.run(step, args=(x, y)), reduce_retracing=True)
+    # One compiled step per configuration, kept on the sub-model: a grid evaluates the same
+    # configuration hundreds of times, and retracing each time would dominate small evaluations.
+    cache = sub.__dict__.setdefault("_kerasprune_psp_steps", {})
+    pair_key = tuple((n, p.tobytes()) for n, p in sorted(pairs.items()) if p is not None)
+    key = (num_classes, first_order, second_order, pair_key)
+    if key not in cache:
+        cache[key] = tf.function(lambda x, y: strategy.run(step, args=(x, y)), reduce_retracing=True)
+    compiled = cache[key]
     totals = {}
     for x, y in strategy.experimental_distribute_dataset(dataset):
         per_replica = compiled(x, y)
