@@ -215,3 +215,43 @@ def test_figure1_plots_mean_over_seeds_on_a_log_axis(tmp_path):
     assert stats[("random_reinit", "")][1][:2] == pytest.approx((2.5, 0.5))
     path = report.figure1(rows, str(tmp_path / "f.png"))
     assert os.path.getsize(path) > 5_000
+
+
+def test_sweep_runs_lobster_with_its_settings_when_points_are_missing(tmp_path, monkeypatch, lobster_dir):
+    from kerasprune import lobster
+
+    seen = []
+
+    def fake_run(config, out, verbose="auto"):
+        seen.append(config)
+        import shutil
+
+        shutil.copytree(lobster_dir, out, dirs_exist_ok=True)
+        return []
+
+    monkeypatch.setattr(lobster, "run", fake_run)
+    config = tiny(None, seeds=[3, 4], lobster={"pwe": 2, "epochs": 7})
+    got = sweep.ensure_lobster(config, str(tmp_path / "sweep"))
+    assert got == str(tmp_path / "sweep" / "lobster")
+    assert len(sweep.read_operating_points(got)) == 3
+    (cfg,) = seen
+    assert (cfg.model, cfg.dataset, cfg.seed, cfg.pwe, cfg.epochs, cfg.max_train_examples) == (
+        "lenet300", "mnist", 3, 2, 7, 500)
+    with pytest.raises(KerasPruneError, match=r"unknown keys \['patience'\]"):
+        sweep.ensure_lobster(tiny(None, lobster={"patience": 2}), str(tmp_path / "other"))
+
+
+def test_unfinished_lobster_level_is_not_an_operating_point(tmp_path, lobster_dir):
+    import shutil
+
+    copy = str(tmp_path / "lobster")
+    shutil.copytree(lobster_dir, copy)
+    with open(os.path.join(copy, "operating_points.csv")) as f:
+        lines = f.read().splitlines()
+    fields = lines[-1].split(",")
+    header = lines[0].split(",")
+    for column in ("test_error", "test_loss"):
+        fields[header.index(column)] = ""
+    with open(os.path.join(copy, "operating_points.csv"), "w") as f:
+        f.write("\n".join(lines[:-1] + [",".join(fields)]) + "\n")
+    assert [p["point"] for p in sweep.read_operating_points(copy)] == [0, 1]

@@ -16,6 +16,8 @@ examples:
   kerasprune sweep experiments/quick.toml --out runs/quick
   kerasprune sweep experiments/lenet300_mnist.toml --out runs/lenet300_mnist
   kerasprune sweep experiments/quick.toml --out runs/quick --plot-only
+  kerasprune sweep experiments/lenet300_mnist.toml --out runs/lenet300_mnist \
+      --lobster-dir runs/lobster_lenet300_mnist
 """
 
 
@@ -27,6 +29,9 @@ def add_arguments(parser):
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
     parser.add_argument("--methods", nargs="+", default=None, help="override the config's methods")
     parser.add_argument("--strategy", default=None, choices=STRATEGIES, help="tf.distribute strategy")
+    parser.add_argument("--lobster-dir", default=None,
+                        help="use this existing LOBSTER run folder (its finished operating points) "
+                             "instead of running LOBSTER in OUT/lobster")
     parser.add_argument("--plot-only", action="store_true",
                         help="only redraw OUT/figure1.png from OUT/results.csv")
 
@@ -44,6 +49,6 @@ def run(args):
         print(report.figure1(results.read(table), os.path.join(args.out, "figure1.png")))
         return 0
     config = sweep.load_config(args.config, data_dir=args.data_dir, seeds=args.seeds, methods=args.methods,
-                               strategy=args.strategy)
+                               strategy=args.strategy, lobster_dir=args.lobster_dir)
     sweep.run(config, args.out)
     return 0
