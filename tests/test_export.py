@@ -199,6 +199,20 @@ def test_oneshot_run_final_weights_and_tfmot_wrapped_weight_files_export(tmp_pat
     assert results["wrapped"]["sparse"]["nonzero_params"] == sum(int(np.count_nonzero(w)) for w in weights)
 
 
+def test_a_training_run_exports_its_best_checkpoint(tmp_path, mnist_small):
+    run_dir = str(tmp_path / "dense")
+    training.train(training.TrainConfig(model="lenet300", dataset="mnist", epochs=1, max_train_examples=500,
+                                        max_test_examples=100), run_dir, verbose=0)
+    results = export.export_run(run_dir, str(tmp_path / "exports"), evaluate=False, verbose=False)
+    assert list(results) == ["best"]
+    best = models.build("lenet300")
+    best.load_weights(os.path.join(run_dir, paths.BEST_WEIGHTS))
+    x = np.concatenate([x.numpy() for x, _ in mnist_small.test])[:100]
+    loaded = export.serving_logits(results["best"]["saved_model"])
+    np.testing.assert_allclose(loaded(x), best(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert results["best"]["compaction"]["units_after"] == {"fc1": 300, "fc2": 100, "logits": 10}
+
+
 def test_gzip_size_shrinks_with_sparsity_and_saved_model_size_does_not(tmp_path):
     model = models.build("lenet300", seed=0)
     dense_dir = export.save(model, str(tmp_path / "dense"))
