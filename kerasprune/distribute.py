@@ -16,9 +16,12 @@ and :func:`global_batch` convert. Only the chief (:func:`is_chief`) writes resul
 
 This module imports TensorFlow only inside functions, so the CLI can validate the flag instantly.
 """
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
 
 from kerasprune.errors import KerasPruneError
 
@@ -152,6 +155,26 @@ def is_chief():
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster
 
 
+@contextlib.contextmanager
+def chief_path(path):
+    """``with chief_path(p) as where: model.save_weights(where)``: the chief writes ``p``, every
+    other worker writes a scratch copy that is deleted on exit.
+
+    In a multi-worker run every worker must take part in a save: Keras reads distributed variables
+    (e.g. the optimizer state a ``.weights.h5`` file holds) with collective ops, so a save on the
+    chief alone leaves the workers' collectives out of step and training fails or hangs. Call this
+    on all workers; only the chief's file survives.
+    """
+    if is_chief():
+        yield path
+        return
+    scratch = tempfile.mkdtemp(prefix="kerasprune_worker_")
+    try:
+        yield os.path.join(scratch, os.path.basename(os.path.normpath(path)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def num_replicas(strategy=None):
     """Replicas in sync of ``strategy`` (default: the current one) across all workers."""
     if strategy is None:
@@ -248,5 +271,5 @@ def shard(items, spec=None):
 
 
 __all__ = ["STRATEGIES", "parse_strategy", "strategy_flag", "get_strategy", "logical_cpu_devices",
-           "is_chief", "num_replicas", "per_replica_batch", "global_batch", "data_sharded",
+           "is_chief", "chief_path", "num_replicas", "per_replica_batch", "global_batch", "data_sharded",
            "distribute_dataset", "replica_sum", "shard", "parse_shard", "SHARD_ENV"]

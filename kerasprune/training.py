@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -198,14 +197,11 @@ def export_saved_model(model, path):
     Call it on every worker of a multi-worker run: saving runs collective ops, so a chief-only save
     hangs. Only the chief's copy is kept; other workers save to a temporary folder and delete it.
     """
-    from kerasprune.distribute import is_chief
+    from kerasprune.distribute import chief_path, is_chief
 
     if not is_chief():
-        scratch = tempfile.mkdtemp(prefix="kerasprune_worker_export_")
-        try:
+        with chief_path(path) as scratch:
             model.save(scratch, save_format="tf", include_optimizer=False)
-        finally:
-            tf.io.gfile.rmtree(scratch)
         return path
     tmp = path.rstrip("/") + ".partial"
     if os.path.exists(tmp):

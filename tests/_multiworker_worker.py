@@ -1,0 +1,50 @@
+"""One worker of a local multi-worker run (tests/test_multiworker.py starts two of them).
+
+``TF_CONFIG=... python tests/_multiworker_worker.py KIND OUT EPOCHS [CRASH_AT_EPOCH]`` runs a small
+run of KIND (``train``: training.train; ``lobster``: a LOBSTER run) of LeNet-300 on 1,000 MNIST
+images under ``MultiWorkerMirroredStrategy`` in folder OUT and prints ``RESULT <json>``. With
+CRASH_AT_EPOCH, every worker raises at the end of that epoch (0-based), before BackupAndRestore
+saves it: a preempted worker group, to be resumed by running the same command again.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kerasprune import training  # noqa: E402
+from kerasprune._keras import keras  # noqa: E402
+from kerasprune.distribute import is_chief  # noqa: E402
+from kerasprune.lobster import LobsterConfig, run  # noqa: E402
+
+
+class Preempted(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError(f"simulated preemption at the end of epoch {epoch}")
+
+
+def main(kind, out, epochs, crash_at=None):
+    if crash_at is not None:
+        original = training.fit_and_record
+        training.fit_and_record = lambda model, splits, run_dir, n, callbacks=(), verbose="auto": original(
+            model, splits, run_dir, n, [Preempted(int(crash_at))] + list(callbacks), verbose)
+    small = dict(model="lenet300", dataset="mnist", epochs=int(epochs), max_train_examples=1000,
+                 max_test_examples=200, strategy="multiworker")
+    if kind == "train":
+        metrics = training.train(training.TrainConfig(**small), out, verbose=2)
+        result = {k: metrics[k] for k in ("test_loss", "test_accuracy")}
+    else:
+        # lr 0.5 makes the validation loss rise at epoch 2, so LOBSTER prunes (threshold search).
+        rows = run(LobsterConfig(**small, pwe=1, lmbda=1e-3, lr=0.5), out, verbose=2)
+        keep = ("point", "pruned_params_pct", "epoch", "val_loss", "threshold")
+        result = {"rows": [{k: r[k] for k in keep} for r in rows]}
+    print("RESULT " + json.dumps(dict(result, chief=is_chief())))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
