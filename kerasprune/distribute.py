@@ -244,32 +244,6 @@ def replica_sum(fn, dataset, strategy=None):
     return total
 
 
-# ---------------------------------------------------------------------------------------------
-# Spreading the independent runs of a sweep: one run per device or per machine. Each run is an
-# ordinary single-device command with its own --out folder, so no two processes write one file.
-
-SHARD_ENV = "KERASPRUNE_SHARD"
-
-
-def parse_shard(text):
-    """``"2/4"`` -> ``(2, 4)``: this process takes runs 2, 6, 10, ... of a sweep (0-based)."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
-    if not match or int(match.group(2)) < 1 or int(match.group(1)) >= int(match.group(2)):
-        raise KerasPruneError(f"shard must be INDEX/COUNT with 0 <= INDEX < COUNT, got {text!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def shard(items, spec=None):
-    """The items of a sweep this process runs: every COUNT-th from INDEX, where ``spec`` (default:
-    ``$KERASPRUNE_SHARD``, unset: everything) is ``INDEX/COUNT``."""
-    items = list(items)
-    spec = spec if spec is not None else os.environ.get(SHARD_ENV)
-    if not spec:
-        return items
-    index, count = parse_shard(spec)
-    return items[index::count]
-
-
 __all__ = ["STRATEGIES", "parse_strategy", "strategy_flag", "get_strategy", "logical_cpu_devices",
            "is_chief", "chief_path", "num_replicas", "per_replica_batch", "global_batch", "data_sharded",
-           "distribute_dataset", "replica_sum", "shard", "parse_shard", "SHARD_ENV"]
+           "distribute_dataset", "replica_sum"]

@@ -1,4 +1,4 @@
-"""kerasprune.distribute: strategy specs, chief detection, batch arithmetic, sweep shards, and
+"""kerasprune.distribute: strategy specs, chief detection, batch arithmetic, chief-only paths, and
 same-result-as-one-device checks under MirroredStrategy on two logical CPU devices.
 
 The two-device cases run in one subprocess (tests/_two_device_cases.py): TensorFlow can split the CPU
@@ -99,18 +99,20 @@ def test_global_batch_is_per_replica_batch_times_replicas():
         distribute.per_replica_batch(100, _Replicas(3))
 
 
-def test_sweep_shards_partition_the_runs_without_overlap(monkeypatch):
-    runs = list(range(10))
-    shards = [distribute.shard(runs, f"{i}/3") for i in range(3)]
-    assert shards == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
-    assert sorted(sum(shards, [])) == runs
-    monkeypatch.setenv(distribute.SHARD_ENV, "1/2")
-    assert distribute.shard(runs) == [1, 3, 5, 7, 9]
-    monkeypatch.delenv(distribute.SHARD_ENV)
-    assert distribute.shard(runs) == runs
-    for bad in ("3/3", "1", "a/b", "0/0"):
-        with pytest.raises(KerasPruneError, match="shard must be INDEX/COUNT"):
-            distribute.shard(runs, bad)
+def test_chief_path_keeps_the_chiefs_file_and_deletes_a_workers_scratch_copy(tmp_path, monkeypatch):
+    target = tmp_path / "out" / "model.weights.h5"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    with distribute.chief_path(str(target)) as where:
+        assert where != str(target) and os.path.basename(where) == "model.weights.h5"
+        with open(where, "w") as f:
+            f.write("worker copy")
+    assert not os.path.exists(where) and not os.path.exists(os.path.dirname(where))
+    assert not target.exists()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with distribute.chief_path(str(target)) as where:
+        assert where == str(target)
 
 
 def test_data_sharded_pipelines_use_data_auto_sharding():
