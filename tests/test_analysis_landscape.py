@@ -190,6 +190,7 @@ def test_analyze_command_writes_the_analysis_and_resumes(solutions, tmp_path, ca
     for png in result["figures"]:
         assert (out / png).stat().st_size > 1000
     assert "eigenvalues.png" in result["figures"]
+    assert list((out / "tensorboard" / "g").glob("events.out.tfevents.*"))
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
     assert cli.main(argv) == 0  # resumes: every finished step is read back, not recomputed
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == mtimes

@@ -27,7 +27,7 @@ def _pyplot():
 def plot_map(alphas, betas, values, metric, path, labels=("G", "1-S"), levels=20):
     """One filled contour map with G at (0, 0) and 1-S at (1, 0); saves a PNG at ``path``."""
     plt = _pyplot()
-    from matplotlib import colors, ticker
+    from matplotlib import colors
 
     values = np.asarray(values, float)
     fig, ax = plt.subplots(figsize=(5.2, 4.2))
@@ -37,7 +37,8 @@ def plot_map(alphas, betas, values, metric, path, labels=("G", "1-S"), levels=20
     elif metric in LOG_SCALE and finite.min() > 0 and finite.max() > finite.min():
         lv = np.geomspace(finite.min(), finite.max(), levels)
         cs = ax.contourf(alphas, betas, values, levels=lv, norm=colors.LogNorm(), cmap="viridis")
-        fig.colorbar(cs, ax=ax, ticks=ticker.LogLocator(), format=ticker.LogFormatterMathtext())
+        # Ticks at round values across the range: a log locator shows none inside one decade.
+        fig.colorbar(cs, ax=ax, ticks=np.geomspace(finite.min(), finite.max(), 6), format="%.3g")
     else:
         cs = ax.contourf(alphas, betas, values, levels=levels, cmap="viridis")
         fig.colorbar(cs, ax=ax)
@@ -62,9 +63,11 @@ def plot_eigenvalues(eigen_g, eigen_s, path, labels=("G", "1-S")):
     k = max(len(eigen_g), len(eigen_s))
     x = np.arange(1, k + 1)
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    ax.bar(x - 0.2, np.pad(eigen_g, (0, k - len(eigen_g)), constant_values=np.nan), 0.4, label=labels[0])
-    ax.bar(x + 0.2, np.pad(eigen_s, (0, k - len(eigen_s)), constant_values=np.nan), 0.4, label=labels[1])
-    if np.all(np.concatenate([eigen_g, eigen_s]) > 0):
+    for offset, values, label in ((-0.2, eigen_g, labels[0]), (0.2, eigen_s, labels[1])):
+        bars = ax.bar(x[:len(values)] + offset, values, 0.4, label=label)
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+    both = np.concatenate([eigen_g, eigen_s])
+    if np.all(both > 0) and both.max() / both.min() > 20:  # log only when it spans decades (Fig. 2b)
         ax.set_yscale("log")
     ax.set_xticks(x)
     ax.set_xlabel("eigenvalue rank")

@@ -18,6 +18,7 @@ Writes into --out:
   analysis.json  hessian_top5, psp_l2, psp_entropy_1, psp_entropy_2 (for "g" and "oneshot"),
                  the grid maps (train_loss, test_error, psp_l2, psp_entropy_1, psp_entropy_2)
   map_<metric>.png (contours with G and 1-S marked), eigenvalues.png (Fig. 2b)
+  tensorboard/   the same numbers and figures for TensorBoard
   parts/         finished steps and grid progress: rerun the same command to resume
 Hessian: of the mean training loss over a seeded sample of the training split, batch norm in
 inference mode, over the unpruned parameters only (--all-params to include pruned ones).
@@ -233,6 +234,22 @@ def psp_summary(model, train_xy, test_xy, settings, batch_size):
     }
 
 
+def write_tensorboard(log_dir, analysis, figures):
+    """The headline numbers as scalars (one run per model) and the figures as images."""
+    from kerasprune._keras import tf
+
+    for name in ("g", "oneshot"):
+        with tf.summary.create_file_writer(os.path.join(log_dir, name)).as_default():
+            for i, value in enumerate(analysis["hessian_top5"][name], start=1):
+                tf.summary.scalar("hessian/eigenvalue", value, step=i)
+            for key in ("psp_l2", "psp_entropy_1", "psp_entropy_2"):
+                tf.summary.scalar(f"psp/{key}", analysis[key][name]["overall"], step=0)
+    with tf.summary.create_file_writer(os.path.join(log_dir, "figures")).as_default():
+        for path in figures:
+            image = tf.io.decode_png(tf.io.read_file(path), channels=4)[None]
+            tf.summary.image(os.path.splitext(os.path.basename(path))[0], image, step=0)
+
+
 def run(args):
     from kerasprune import sparsity
     from kerasprune._keras import keras
@@ -311,6 +328,7 @@ def run(args):
     analysis = json.loads(json.dumps(analysis, default=_plain))  # numpy -> lists and floats
     if is_chief():
         write_json(os.path.join(args.out, "analysis.json"), analysis)
+        write_tensorboard(os.path.join(args.out, "tensorboard"), analysis, figures)
     summary = {n: {"hessian_top": [round(v, 4) for v in analysis["hessian_top5"][n]],
                    "psp_l2": round(analysis["psp_l2"][n]["overall"], 5),
                    "psp_entropy_1": round(analysis["psp_entropy_1"][n]["overall"], 4),
