@@ -261,6 +261,9 @@ def _link(model, layer):
     if isinstance(layer, _CONV) and (layer.groups != 1 or not _channels_last(layer)):
         p.reason = "grouped or channels-first convolution"
         return p
+    if _mixes_units(layer):
+        p.reason = f"its activation {layer.activation.__name__} mixes units"
+        return p
     chain, current, flattened = [], layer, False
     while True:
         consumers = _consumers(current)
@@ -286,7 +289,7 @@ def _link(model, layer):
                 return p
             p.successor, p.chain = nxt.name, [c.name for c in chain]
             return p
-        channel_wise = isinstance(nxt, _ELEMENTWISE) or (
+        channel_wise = (isinstance(nxt, _ELEMENTWISE) and not _mixes_units(nxt)) or (
             not flattened and (isinstance(nxt, _POOLING) and _channels_last(nxt)
                                or isinstance(nxt, keras.layers.BatchNormalization)
                                and list(nxt.axis) == [len(nxt.input_shape) - 1]))
@@ -297,6 +300,11 @@ def _link(model, layer):
             return p
         chain.append(nxt)
         current = nxt
+
+
+def _mixes_units(layer):
+    """True for activations that are not unit-wise (softmax): removing a unit would change others."""
+    return getattr(getattr(layer, "activation", None), "__name__", "") in ("softmax", "log_softmax")
 
 
 def _constant_through(layer, chain):
