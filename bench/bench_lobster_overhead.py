@@ -11,13 +11,18 @@ split (54,000 images, batch 100, lr 0.1), each epoch followed by validation on 6
   lobster    Lobster(SGD) optimizer only (sensitivity term + masks)
   lobster+cb Lobster(SGD) + LobsterPruning (sparsity report, TensorBoard values, plateau rule,
              operating-point bookkeeping written to a temporary folder)
-Rounds alternate the contenders (one epoch each, order rotated per round) and report the median
-of per-round ratios, so load from other processes hits all alike. An epoch is timed from
-on_epoch_begin to the end of every callback's on_epoch_end (the LOBSTER work included).
+Measured three ways, each interleaving the contenders so load from other processes hits all alike:
+  1. the training step alone: chunks of steps, alternating sgd / lobster; median per-chunk ratio
+     (the least noisy figure: the sensitivity term and masks are per-step work);
+  2. LobsterPruning's per-epoch work, timed directly, added to (1) with one validation pass into an
+     estimated epoch ratio;
+  3. whole epochs (steps + validation + callbacks, timed from on_epoch_begin to the end of every
+     callback's on_epoch_end), one per contender per round, order rotated; median per-round ratio.
 
 usage:
   KERASPRUNE_DATA_DIR=../shared/datasets python bench/bench_lobster_overhead.py [--model lenet300]
-      [--rounds 5] [--max-train-examples N]
+      [--rounds 5] [--chunks 30] [--steps 40] [--max-train-examples N]
+  --model lenet5 --rounds 0: parts 1 and 2 only (whole LeNet-5 epochs take minutes each)
 """
 import argparse
 import os
@@ -39,13 +44,14 @@ class EpochTimer(keras.callbacks.Callback):
 
     def __init__(self):
         super().__init__()
-        self.seconds = []
+        self.seconds, self.cpu_seconds = [], []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start, self._cpu = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu)
 
 
 def step_ratio(models_by_name, splits, chunks, steps):
@@ -59,16 +65,19 @@ def step_ratio(models_by_name, splits, chunks, steps):
         for _ in range(3):  # trace and warm up
             functions[name](iterators[name])
     times = {name: [] for name in models_by_name}
+    cpu = {name: [] for name in models_by_name}
     names = list(models_by_name)
     for c in range(chunks):
         for name in (names if c % 2 == 0 else names[::-1]):
             fn, it = functions[name], iterators[name]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 logs = fn(it)
             float(logs["loss"])  # wait for the last step
             times[name].append((time.perf_counter() - start) / steps)
-    return {name: np.array(t) for name, t in times.items()}
+            cpu[name].append((time.process_time() - cpu_start) / steps)
+    return ({name: np.array(t) for name, t in times.items()},
+            {name: np.array(t) for name, t in cpu.items()})
 
 
 def main():
@@ -103,16 +112,21 @@ def main():
                   callbacks=callbacks, verbose=0)
 
     names = list(contenders)
-    for name in names:  # warm-up epoch: tracing and first-call costs
-        epoch(name, 0)
+    if args.rounds:
+        for name in names:  # warm-up epoch: tracing and first-call costs
+            epoch(name, 0)
     batches = len(list(splits.train))
 
     # 1. Training step alone, finely interleaved (the sensitivity term + masks are per step).
-    steps = step_ratio({n: contenders[n][0] for n in ("sgd", "lobster")}, splits, args.chunks, args.steps)
+    steps, steps_cpu = step_ratio({n: contenders[n][0] for n in ("sgd", "lobster")}, splits, args.chunks, args.steps)
     step_ratios = steps["lobster"] / steps["sgd"]
+    cpu_ratios = steps_cpu["lobster"] / steps_cpu["sgd"]
     # 2. The callback's per-epoch work (sparsity report, summaries, plateau rule, operating point).
     model, callbacks, _ = contenders["lobster+cb"]
     pruning = callbacks[0]
+    pruning.set_model(model)
+    pruning.on_train_begin()
+    model.optimizer.build(model.trainable_variables)
     val = model.evaluate(splits.validation, verbose=0, return_dict=True)
     cb_seconds = []
     for i in range(5):
@@ -128,26 +142,34 @@ def main():
         for name in order:
             epoch(name, r + 1)
     seconds = {n: np.array(contenders[n][2].seconds[1:]) for n in names}
+    cpu_seconds = {n: np.array(contenders[n][2].cpu_seconds[1:]) for n in names}
 
     print(f"{args.model} on MNIST, {batches} batches of 100 per epoch + validation on 6,000 images")
     print(f"1. training step, {args.chunks} interleaved chunks of {args.steps} steps:")
     print(f"   sgd {1e3 * np.median(steps['sgd']):.2f} ms, lobster {1e3 * np.median(steps['lobster']):.2f} ms;"
           f" median per-chunk ratio {np.median(step_ratios):.3f} (quartiles "
           f"{np.percentile(step_ratios, 25):.3f}-{np.percentile(step_ratios, 75):.3f})")
+    print(f"   process CPU time: sgd {1e3 * np.median(steps_cpu['sgd']):.2f} ms, lobster "
+          f"{1e3 * np.median(steps_cpu['lobster']):.2f} ms; median per-chunk ratio {np.median(cpu_ratios):.3f} "
+          f"(quartiles {np.percentile(cpu_ratios, 25):.3f}-{np.percentile(cpu_ratios, 75):.3f})")
     plain = batches * np.median(steps["sgd"]) + val_seconds
     lob = batches * np.median(steps["lobster"]) + val_seconds + np.median(cb_seconds)
     print(f"2. LobsterPruning.on_epoch_end (with operating-point write): median "
           f"{1e3 * np.median(cb_seconds):.1f} ms; validation {val_seconds:.2f} s")
     print(f"   => epoch estimate: sgd {plain:.2f} s, lobster {lob:.2f} s, ratio {lob / plain:.3f}"
           f"  (target <= 1.10)")
+    if not args.rounds:
+        return
     print(f"3. whole epochs, {args.rounds} interleaved rounds (noisy on a shared CPU):")
     for name in names:
         print(f"   {name:11s} median epoch {np.median(seconds[name]):6.2f} s   "
               f"(all: {', '.join(f'{s:.2f}' for s in seconds[name])})")
     for name in ("lobster", "lobster+cb"):
         ratios = seconds[name] / seconds["sgd"]
+        cpu_ratios = cpu_seconds[name] / cpu_seconds["sgd"]
         print(f"   {name} / sgd: median per-round ratio {np.median(ratios):.3f} "
-              f"(per round: {', '.join(f'{x:.3f}' for x in ratios)})")
+              f"(per round: {', '.join(f'{x:.3f}' for x in ratios)}); process CPU time: "
+              f"{np.median(cpu_ratios):.3f} (per round: {', '.join(f'{x:.3f}' for x in cpu_ratios)})")
 
 
 def timed(fn):

@@ -58,6 +58,7 @@ class LobsterPruning(keras.callbacks.Callback):
         self.operating_points = []  # rows (dicts) of operating_points.csv
         self.searches = []  # SearchResult of every pruning of this session
         self._level_weights = None  # (level, weights) of the current level's best point, in memory
+        self._twin = None  # optimizer-free copy of the model that point files are saved through
 
     def get_config(self):
         return dict(pwe=self.pwe, twt=self.twt, good_margin=self.good_margin, tolerance=self.tolerance,
@@ -164,24 +165,30 @@ class LobsterPruning(keras.callbacks.Callback):
         self.operating_points = [r for r in self.operating_points if r["point"] != level] + [row]
         self._level_weights = (level, self.model.get_weights())
         if self.run_dir and is_chief():
-            points.save_weights_atomic(self.model, os.path.join(self.run_dir, row["weights"]))
+            if self._twin is None:
+                self._twin = points.weights_only_twin(self.model)
+            points.save_weights_atomic(self._twin, os.path.join(self.run_dir, row["weights"]),
+                                       self._level_weights[1])
             points.write_points(self.run_dir, self.operating_points)
 
     def _finish_level(self):
-        """Measures the test metrics of the current level's point (once) and writes table + plot."""
+        """Measures the test metrics of points that lack them (the current level's; after a kill,
+        possibly older ones, read from disk) and writes table + plot."""
         level = int(self.model.optimizer.level.numpy())
-        row = next((r for r in self.operating_points if r["point"] == level), None)
-        if row is None or self.test_data is None or not math.isnan(row["test_error"]):
+        todo = [r for r in self.operating_points if math.isnan(r["test_error"])
+                and (r["point"] == level or self.run_dir)]
+        if not todo or self.test_data is None:
             return
         current = self.model.get_weights()
-        if self._level_weights is not None and self._level_weights[0] == level:
-            self.model.set_weights(self._level_weights[1])
-        else:  # resumed run: the point is on disk
-            self.model.load_weights(os.path.join(self.run_dir, row["weights"]))
-        result = self._evaluate(self.test_data)
+        for row in todo:
+            if self._level_weights is not None and self._level_weights[0] == row["point"]:
+                self.model.set_weights(self._level_weights[1])
+            else:  # resumed run: the point is on disk
+                self.model.load_weights(os.path.join(self.run_dir, row["weights"]))
+            result = self._evaluate(self.test_data)
+            acc = _accuracy(result, "")
+            row.update(test_loss=result["loss"], test_error=math.nan if acc is None else 1.0 - acc)
         self.model.set_weights(current)
-        acc = _accuracy(result, "")
-        row.update(test_loss=result["loss"], test_error=math.nan if acc is None else 1.0 - acc)
         if self.run_dir and is_chief():
             points.write_points(self.run_dir, self.operating_points)
             points.plot_progression(self.run_dir, self.operating_points, title=self.model.name)

@@ -60,12 +60,30 @@ def read_operating_points(run_dir):
     return rows
 
 
-def save_weights_atomic(model, path):
-    """``model.save_weights`` to a temporary file, then rename over ``path``."""
+def save_weights_atomic(model, path, weights=None):
+    """``model.save_weights`` (of ``weights`` if given) to a temporary file, renamed over ``path``.
+
+    ``model`` should be optimizer-free (see :func:`weights_only_twin`): a compiled model's
+    ``.weights.h5`` also stores every optimizer variable, which makes each write several times
+    slower and the file several times larger.
+    """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = os.path.join(os.path.dirname(path), f".{os.getpid()}.tmp.weights.h5")
+    if weights is not None:
+        model.set_weights(weights)
     model.save_weights(tmp)
     os.replace(tmp, path)
+
+
+def weights_only_twin(model):
+    """An uncompiled copy of ``model``'s architecture to save its weights through (the model itself
+    for subclassed models, which cannot be cloned)."""
+    from kerasprune._keras import keras
+
+    try:
+        return keras.models.clone_model(model)
+    except (ValueError, TypeError):
+        return model
 
 
 def load_operating_point(run_dir, point):
