@@ -221,7 +221,9 @@ def run(config, out, verbose="auto"):
     points = [p for p in all_points
               if (p["point"] in config.points if config.points is not None else p["pruned_params_pct"] > 0)]
     if not points:
-        raise KerasPruneError(f"{lobster_dir} has no operating points to run (selected: {config.points})")
+        raise KerasPruneError(f"{lobster_dir} has no finished operating point to run (selected: "
+                              f"{config.points or 'all with sparsity > 0'}); if LOBSTER is still running, "
+                              "rerun the sweep once it has finished a sparsity level")
     ctx = _Context(config, out, lobster_dir, points, table, verbose)
     jobs = jobs_for(config, points)
     ctx.start(jobs)
@@ -271,13 +273,14 @@ class _Context:
         self.by_point = {p["point"]: p for p in points}
         self._masks = {}
         self.total = self.finished = self.finished_before = 0
+        self.keys = set()
         self.started = time.time()
 
     def start(self, jobs):
         done = self.table.done()
-        keys = [k for j in jobs for k in j.keys(self.points)]
-        self.total = len(keys)
-        self.finished = self.finished_before = sum(k in done for k in keys)
+        self.keys = {k for j in jobs for k in j.keys(self.points)}
+        self.total = len(self.keys)
+        self.finished = self.finished_before = len(self.keys & done)
         print(f"[sweep] {self.total} runs, {self.finished} already done", flush=True)
 
     def mask(self, point):
@@ -308,7 +311,9 @@ class _Context:
         row = _row(job.method, job.variant, point, job.seed, result,
                    self.by_point[point]["pruned_params_pct"], os.path.relpath(run_dir, self.out))
         if _append(self.table, row):
-            self.finished += 1
+            # Count from the table: another sweep on the same folder may have finished runs too,
+            # and the time-left estimate should follow the table's pace, not this process's alone.
+            self.finished = len(self.keys & self.table.done())
             self._progress(job, point, result)
 
     def _execute(self, job, run_dir):
