@@ -273,6 +273,8 @@ def run(args):
     models = {"g": load_model(g_path, strategy), "oneshot": load_model(s_path, strategy)}
     hessian_xy, train_xy, test_xy = _samples(settings, args.data_dir)
     paths = {"g": os.path.abspath(g_path), "oneshot": os.path.abspath(s_path)}
+    # Cached parts are keyed by model identity: path and export time (a re-export invalidates them).
+    identity = {n: [p, os.path.getmtime(os.path.join(p, "saved_model.pb"))] for n, p in paths.items()}
     start = time.time()
 
     results = {}
@@ -280,11 +282,11 @@ def run(args):
         print(f"{name}: Hessian on {len(hessian_xy[1])} training examples", flush=True)
         h_keys = ("hessian_examples", "top_k", "eigen_method", "tol", "max_iter", "trace", "masked", "seed",
                   "dataset", "split_seed", "val_fraction", "max_train_examples")
-        key = _key(paths[name], {k: settings[k] for k in h_keys})
+        key = _key(identity[name], {k: settings[k] for k in h_keys})
         hessian = _cached(os.path.join(parts, f"hessian_{name}.json"), key,
                           lambda: hessian_summary(model, hessian_xy, settings, args.batch_size))
         print(f"{name}: PSP statistics", flush=True)
-        key = _key(paths[name], settings)
+        key = _key(identity[name], settings)
         psp = _cached(os.path.join(parts, f"psp_{name}.json"), key,
                       lambda: psp_summary(model, train_xy, test_xy, settings, args.batch_size))
         results[name] = {"hessian": hessian, "psp": psp,
@@ -294,7 +296,7 @@ def run(args):
     plane = landscape.make_plane(models["g"], models["oneshot"], seed=settings["seed"],
                                  filter_normalize=settings["filter_normalize"], support=settings["support"])
     print(f"maps: {len(alphas)} x {len(betas)} points; |d1| = {plane.norms()['d1']:.4g}", flush=True)
-    grid_key = _key(paths, settings)
+    grid_key = _key(identity, settings)
     state = os.path.join(parts, f"grid_{grid_key}.npz")
     verbose = _verbosity("auto")
     progress = keras.utils.Progbar(len(alphas) * len(betas), verbose=verbose, unit_name="point")
