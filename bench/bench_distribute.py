@@ -11,10 +11,11 @@ hits all of them alike:
                   optimisation as one_device (tests/test_distribute.py checks the weights match);
   same_per_rep    MirroredStrategy on N CPUs, 100 per replica (global batch 100*N): fewer steps.
 
-Prints the median epoch time of each, and its ratio to one_device (< 1 is faster). Logical CPU
-devices share the same cores and thread pools, so this measures tf.distribute's overhead (splitting
-batches, all-reducing gradients), not a speed-up: real gains need devices with their own compute
-(GPUs, or workers on separate machines). The first epoch of each model (tracing) is not timed.
+Prints the median wall and CPU time per epoch of each, and their ratios to one_device (< 1 is
+faster); the CPU time of the process is the steadier number on a machine shared with other jobs.
+Logical CPU devices share the same cores and thread pools, so this measures tf.distribute's overhead
+(splitting batches, all-reducing gradients), not a speed-up: real gains need devices with their own
+compute (GPUs, or workers on separate machines). The first epoch of each model (tracing) is not timed.
 """
 import argparse
 import os
@@ -51,23 +52,25 @@ def main(argv=None):
             training.compile_model(model, keras.optimizers.SGD(0.1))
         model.fit(splits.train, epochs=1, verbose=0)  # warm-up: tracing and first-epoch caches
         runs[name] = (model, splits.train, [])
+    cpu = {name: [] for name in runs}
     for _ in range(args.repeats):
         for name, (model, train, times) in runs.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             model.fit(train, epochs=1, verbose=0)
             times.append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
 
     examples = sum(int(y.shape[0]) for _, y in runs["one_device"][1])
-    base = statistics.median(runs["one_device"][2])
+    base, base_cpu = statistics.median(runs["one_device"][2]), statistics.median(cpu["one_device"])
     print(f"LeNet-300 on MNIST, {examples} training images, {args.devices} logical CPU devices, "
-          f"{os.cpu_count()} CPU cores, {args.repeats} timed epochs each (median):")
+          f"{os.cpu_count()} CPU cores, median of {args.repeats} timed epochs each; ratios to one_device "
+          "(wall time, and CPU time of this process, which other load disturbs less)")
     for name, (strategy, batch) in setups.items():
-        times = runs[name][2]
-        median = statistics.median(times)
+        wall, used = statistics.median(runs[name][2]), statistics.median(cpu[name])
         print(f"  {name:13s} replicas={strategy.num_replicas_in_sync} global_batch={batch:4d}  "
-              f"{median:6.2f} s/epoch  ({examples / median:8.0f} img/s)  ratio to one_device "
-              f"{median / base:5.2f}  [{', '.join(f'{t:.2f}' for t in times)}]")
-
+              f"wall {wall:6.2f} s/epoch ({examples / wall:6.0f} img/s) ratio {wall / base:5.2f}  "
+              f"cpu {used:6.2f} s/epoch ratio {used / base_cpu:5.2f}  "
+              f"[wall {', '.join(f'{t:.1f}' for t in runs[name][2])}]")
 
 if __name__ == "__main__":
     main()

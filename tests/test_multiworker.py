@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -46,23 +47,33 @@ def _loopback_allowed():
 def _launch(kind, outs, epochs, crash_at=None):
     """Starts one worker per folder of ``outs`` (worker 0 is the chief); returns [(rc, output)]."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(len(outs))]}
-    procs = []
+    procs, logs = [], []
     for index, out in enumerate(outs):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        args = [sys.executable, WORKER, kind, str(out), str(epochs)] + ([str(crash_at)] if crash_at is not None else [])
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(task))
+        args = [sys.executable, WORKER, kind, str(out), str(epochs)]
+        args += [str(crash_at)] if crash_at is not None else []
+        # Output goes to files, not pipes: a worker blocked on a full pipe would stall the other
+        # worker's collectives while we wait on the first one.
+        log = tempfile.TemporaryFile("w+")
+        logs.append(log)
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
     deadline = time.time() + TIMEOUT
-    results = []
     try:
         for proc in procs:
-            output, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
-            results.append((proc.returncode, output))
+            proc.wait(timeout=max(1.0, deadline - time.time()))
     except subprocess.TimeoutExpired:
         for proc in procs:
             proc.kill()
-        logs = "\n".join((p.communicate()[0] or "")[-2000:] for p in procs)
-        pytest.fail(f"the worker group did not finish within {TIMEOUT} s:\n{logs}")
-    return results
+            proc.wait()
+        pytest.fail(f"the worker group did not finish within {TIMEOUT} s:\n" +
+                    "\n".join(_read(log)[-2000:] for log in logs))
+    return [(proc.returncode, _read(log)) for proc, log in zip(procs, logs)]
+
+
+def _read(log):
+    log.seek(0)
+    return log.read()
 
 
 def _result(output):
