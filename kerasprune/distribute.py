@@ -73,6 +73,7 @@ def get_strategy(spec="default", devices=None):
     devices = list(devices or spec_devices) or None
     if name in _TAKES_DEVICES and devices:
         _ensure_cpu_devices(devices)
+        _check_devices_exist(devices)
     from kerasprune._keras import tf
 
     if name == "default":
@@ -127,6 +128,21 @@ def _ensure_cpu_devices(devices):
     indices = [int(m.group(1)) for m in map(_CPU_DEVICE.match, devices) if m]
     if indices:
         logical_cpu_devices(max(indices) + 1)
+
+
+def _check_devices_exist(devices):
+    """Named devices must exist: TF would silently place a missing GPU's work on the CPU."""
+    from kerasprune._keras import tf
+
+    def local(spec):
+        spec = tf.DeviceSpec.from_string(spec)
+        return (spec.device_type or "").upper(), spec.device_index or 0, spec.job
+
+    available = {local(d.name)[:2]: d.name for d in tf.config.list_logical_devices()}
+    missing = [d for d in devices if local(d)[2] in (None, "localhost") and local(d)[:2] not in available]
+    if missing:
+        raise KerasPruneError(f"device {', '.join(missing)} not found; this machine has: "
+                              f"{', '.join(sorted(available.values()))}")
 
 
 def _check_tf_config():

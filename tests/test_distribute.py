@@ -69,6 +69,17 @@ def test_multiworker_without_or_with_a_broken_tf_config_is_a_one_line_error(monk
         distribute.get_strategy("multiworker")
 
 
+def test_naming_devices_the_machine_lacks_is_an_error_not_a_silent_cpu_fallback():
+    from kerasprune._keras import tf
+
+    have = len(tf.config.list_logical_devices("CPU"))  # TF is initialised: the CPU can't be split now
+    with pytest.raises(KerasPruneError, match="device /gpu:98, /gpu:99 not found; this machine has: "):
+        distribute.get_strategy("mirrored:/gpu:98,/gpu:99")
+    with pytest.raises(KerasPruneError, match=f"{have + 1} CPU devices requested but TensorFlow was "
+                                              f"initialised with {have}; split the CPU before"):
+        distribute.get_strategy(f"mirrored:/cpu:0,/cpu:{have}")
+
+
 @pytest.mark.parametrize("tf_config, chief", [
     (None, True),
     ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
