@@ -244,7 +244,7 @@ def test_sparsity_and_pruned_neurons_of_hand_built_masks_on_dense_and_conv():
 # -- run folders -----------------------------------------------------------------------------------
 def small_config(**kw):
     base = dict(model="lenet300", dataset="mnist", epochs=6, pwe=1, max_train_examples=400, batch_size=20,
-                max_test_examples=500, seed=0)
+                max_test_examples=300, seed=0)
     base.update(kw)
     return LobsterConfig(**base)
 
@@ -266,7 +266,7 @@ def test_run_writes_operating_points_that_reload_with_their_zeros_and_errors(tmp
     for name in ("config.json", "initial.weights.h5", "progression.png", "history.csv", "metrics.json"):
         assert os.path.isfile(os.path.join(out, name)), name
     from kerasprune import data
-    splits = data.load("mnist", max_train_examples=400, max_test_examples=500, eval_batch_size=500)
+    splits = data.load("mnist", max_train_examples=400, max_test_examples=300, eval_batch_size=500)
     for row in rows:
         assert 0 <= row["val_error"] <= 1 and 0 <= row["test_error"] <= 1
         assert row["weights"] == f"points/point_{row['point']:03d}.weights.h5"
@@ -328,8 +328,14 @@ def test_killed_run_resumes_without_losing_operating_points(tmp_path, monkeypatc
 
 
 def test_resuming_with_another_configuration_is_refused(tmp_path):
-    out = str(tmp_path / "run")
-    run(small_config(epochs=1), out, verbose=0)
+    import dataclasses
+
+    from kerasprune import training
+
+    out = tmp_path / "run"
+    out.mkdir()
+    training.write_json(str(out / "config.json"), dataclasses.asdict(small_config(epochs=1)))
+    out = str(out)
     with pytest.raises(KerasPruneError, match="another configuration .*lmbda"):
         run(small_config(epochs=1, lmbda=0.5), out, verbose=0)
 
@@ -352,8 +358,8 @@ def test_callback_refuses_a_plain_optimizer():
 
 def test_cli_lobster_runs_and_prints_its_points(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = cli.main(["lobster", "--model", "lenet300", "--dataset", "mnist", "--epochs", "2", "--pwe", "1",
-                     "--max-train-examples", "500", "--max-test-examples", "200", "--out", str(out)])
+    code = cli.main(["lobster", "--model", "lenet300", "--dataset", "mnist", "--epochs", "1",
+                     "--max-train-examples", "300", "--max-test-examples", "200", "--out", str(out)])
     assert code == 0
     assert "point   0:" in capsys.readouterr().out
     assert read_operating_points(str(out))

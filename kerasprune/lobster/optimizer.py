@@ -191,6 +191,23 @@ class Lobster(keras.optimizers.Optimizer):
         insensitivity = tf.nn.relu(1.0 - tf.abs(gradient))
         variable.assign(variable * self.masks[index] * (1.0 - lmbda * insensitivity))
 
+    def _distributed_apply_gradients_fn(self, distribution, grads_and_vars, **kwargs):
+        # On one device, one XLA computation updates every variable: per-variable XLA calls cost
+        # more in launch overhead than LOBSTER's arithmetic. Replicated variables keep Keras's
+        # per-variable path (distribution.extended.update).
+        if (not self.jit_compile or self.use_ema
+                or distribution is not tf.distribute.get_strategy()
+                or tf.distribute.has_strategy()):
+            return super()._distributed_apply_gradients_fn(distribution, grads_and_vars, **kwargs)
+        grads, variables = zip(*grads_and_vars)
+        self._update_all_xla(list(grads), list(variables))
+        return self.iterations.assign_add(1)
+
+    @tf.function(jit_compile=True)
+    def _update_all_xla(self, gradients, variables):
+        for gradient, variable in zip(gradients, variables):
+            self._update_step(gradient, variable)
+
     def prune_below(self, threshold):
         """Prunes (for good) every prunable parameter with ``|w| < threshold``; returns how many
         parameters were newly pruned. Call in cross-replica context (e.g. from a callback)."""
