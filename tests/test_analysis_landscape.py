@@ -173,7 +173,8 @@ def test_analyze_command_writes_the_analysis_and_resumes(solutions, tmp_path, ca
     out = tmp_path / "analysis"
     argv = ["analyze", "--g", solutions["g"], "--oneshot", solutions["oneshot"], "--dataset", "mnist",
             "--out", str(out), "--quick", "--grid", "3", "--hessian-examples", "200", "--grid-train-examples",
-            "200", "--grid-test-examples", "200", "--max-train-examples", "2000", "--eigen-method", "both"]
+            "200", "--grid-test-examples", "200", "--max-train-examples", "2000", "--eigen-method", "both",
+            "--trace", "--trace-max-iter", "12"]
     assert cli.main(argv) == 0
     result = json.loads((out / "analysis.json").read_text())
     for key in ("hessian_top5", "psp_l2", "psp_entropy_1", "psp_entropy_2"):
@@ -184,6 +185,8 @@ def test_analyze_command_writes_the_analysis_and_resumes(solutions, tmp_path, ca
         power = result["hessian"][name]["power"]["eigenvalues"]
         np.testing.assert_allclose(power[:2], top[:2], rtol=0.02)
         assert result["hessian"][name]["lanczos"]["hvps"] > 0
+        trace = result["hessian"][name]["trace"]
+        assert 10 <= trace["hvps"] <= 12 and np.isfinite(trace["trace"]) and trace["stderr"] > 0
     maps = result["grid"]["maps"]
     assert set(maps) == set(landscape.METRICS)
     assert np.isfinite(np.asarray(maps["train_loss"])).all() and np.shape(maps["train_loss"]) == (3, 3)

@@ -59,7 +59,11 @@ def add_arguments(parser):
     h.add_argument("--tol", type=float, default=1e-3, help="eigen-solver tolerance (default 1e-3)")
     h.add_argument("--max-iter", type=int, default=100,
                    help="HVP cap: of Lanczos, or per eigenvalue of power iteration (default 100)")
-    h.add_argument("--trace", action="store_true", help="also estimate the Hessian trace (Hutchinson)")
+    h.add_argument("--trace", action="store_true",
+                   help="also estimate the Hessian trace (Hutchinson; up to --trace-max-iter HVPs per model)")
+    h.add_argument("--trace-tol", type=float, default=0.02,
+                   help="stop the trace estimate at this relative standard error (default 0.02)")
+    h.add_argument("--trace-max-iter", type=int, default=100, help="HVP cap of the trace (default 100)")
     h.add_argument("--all-params", action="store_true",
                    help="Hessian over all parameters, pruned ones included (default: unpruned only)")
     m = parser.add_argument_group("maps")
@@ -129,6 +133,7 @@ def _settings(args):
         "seed": args.seed, "quick": args.quick, "masked": not args.all_params,
         "hessian_examples": pick("hessian_examples"), "top_k": args.top_k, "eigen_method": args.eigen_method,
         "tol": args.tol, "max_iter": args.max_iter, "trace": args.trace,
+        "trace_tol": args.trace_tol, "trace_max_iter": args.trace_max_iter,
         "grid": pick("grid"), "alpha_range": list(args.alpha_range), "beta_range": list(args.beta_range),
         "filter_normalize": args.filter_normalize, "support": args.support,
         "grid_train_examples": pick("grid_train_examples"), "grid_test_examples": pick("grid_test_examples"),
@@ -210,7 +215,8 @@ def hessian_summary(model, xy, settings, batch_size):
               f"({result.hvps} HVPs, {result.seconds:.1f} s)", flush=True)
     out["top"] = out[methods[0]]["eigenvalues"]
     if settings["trace"]:
-        out["trace"] = analysis.hutchinson_trace(op, seed=settings["seed"])
+        out["trace"] = analysis.hutchinson_trace(op, tol=settings["trace_tol"],
+                                                 max_iter=settings["trace_max_iter"], seed=settings["seed"])
         print(f"  trace {out['trace']['trace']:.4g} +- {out['trace']['stderr']:.2g}", flush=True)
     return out
 
@@ -280,7 +286,8 @@ def run(args):
     results = {}
     for name, model in models.items():
         print(f"{name}: Hessian on {len(hessian_xy[1])} training examples", flush=True)
-        h_keys = ("hessian_examples", "top_k", "eigen_method", "tol", "max_iter", "trace", "masked", "seed",
+        h_keys = ("hessian_examples", "top_k", "eigen_method", "tol", "max_iter", "trace", "trace_tol",
+                  "trace_max_iter", "masked", "seed",
                   "dataset", "split_seed", "val_fraction", "max_train_examples")
         key = _key(identity[name], {k: settings[k] for k in h_keys})
         hessian = _cached(os.path.join(parts, f"hessian_{name}.json"), key,
