@@ -107,10 +107,11 @@ def test_two_workers_train_and_only_the_chief_writes_results_logs_and_the_saved_
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "kerasprune/lobster/callback.py _record_point saves the point's .weights.h5 on the chief only; "
-    "that save reads the optimizer state with collective ops, so the workers' collectives go out of "
-    "step (InternalError 'Collective instance N expected type ... data_type 9'). Fix: save on every "
-    "worker, `with distribute.chief_path(path) as where: points.save_weights_atomic(model, where)`."))
+    "kerasprune/lobster/callback.py _record_point builds its weights-only twin model (new variables: "
+    "a collective broadcast) and saves the point on the chief only, so the workers' collectives go "
+    "out of step (CollectiveBcastSend aborted / 'Collective instance N expected type ...'). Fix: "
+    "build the twin on every worker and save with `with distribute.chief_path(path) as where: "
+    "points.save_weights_atomic(twin, where, weights)` on every worker; write_points stays chief-only."))
 def test_two_workers_prune_with_lobster_and_only_the_chief_writes(tmp_path):
     chief, worker = tmp_path / "w0", tmp_path / "w1"
     (rc0, out0), (rc1, out1) = _launch("lobster", [chief, worker], epochs=3)
