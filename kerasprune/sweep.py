@@ -234,9 +234,10 @@ def run(config, out, verbose="auto"):
     if is_chief():
         from kerasprune import results
 
-        report.figure1(results.read(table.path), os.path.join(out, "figure1.png"),
-                       title=f"{config.name}: {config.model} on {config.dataset}")
-        export_solutions(config, out, lobster_dir, all_points, results.read(table.path))
+        with file_lock(os.path.join(out, "exports.lock")):  # two sweeps finishing together
+            report.figure1(results.read(table.path), os.path.join(out, "figure1.png"),
+                           title=f"{config.name}: {config.model} on {config.dataset}")
+            export_solutions(config, out, lobster_dir, all_points, results.read(table.path))
     print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, 'figure1.png')}")
     return rows
 
