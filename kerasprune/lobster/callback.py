@@ -6,7 +6,7 @@ import numpy as np
 
 from kerasprune import sparsity
 from kerasprune._keras import keras
-from kerasprune.distribute import is_chief
+from kerasprune.distribute import chief_path, is_chief
 from kerasprune.lobster import points
 from kerasprune.lobster.optimizer import Lobster
 from kerasprune.lobster.schedule import Plateau, search_threshold
@@ -164,12 +164,13 @@ class LobsterPruning(keras.callbacks.Callback):
                    threshold=float(self.model.optimizer.threshold.numpy()), lr=lr)
         self.operating_points = [r for r in self.operating_points if r["point"] != level] + [row]
         self._level_weights = (level, self.model.get_weights())
-        if self.run_dir and is_chief():
-            if self._twin is None:
-                self._twin = points.weights_only_twin(self.model)
-            points.save_weights_atomic(self._twin, os.path.join(self.run_dir, row["weights"]),
-                                       self._level_weights[1])
-            points.write_points(self.run_dir, self.operating_points)
+        if self.run_dir:
+            # Every worker saves (creating and writing variables may take collective ops under a
+            # multi-worker strategy); only the chief's file is kept.
+            with chief_path(os.path.join(self.run_dir, row["weights"])) as where:
+                points.save_weights_atomic(self._weights_twin(), where, self._level_weights[1])
+            if is_chief():
+                points.write_points(self.run_dir, self.operating_points)
 
     def _finish_level(self):
         """Measures the test metrics of points that lack them (the current level's; after a kill,
@@ -184,7 +185,9 @@ class LobsterPruning(keras.callbacks.Callback):
             if self._level_weights is not None and self._level_weights[0] == row["point"]:
                 self.model.set_weights(self._level_weights[1])
             else:  # resumed run: the point is on disk
-                self.model.load_weights(os.path.join(self.run_dir, row["weights"]))
+                twin = self._weights_twin()
+                twin.load_weights(os.path.join(self.run_dir, row["weights"]))
+                self.model.set_weights(twin.get_weights())
             result = self._evaluate(self.test_data)
             acc = _accuracy(result, "")
             row.update(test_loss=result["loss"], test_error=math.nan if acc is None else 1.0 - acc)
@@ -192,6 +195,11 @@ class LobsterPruning(keras.callbacks.Callback):
         if self.run_dir and is_chief():
             points.write_points(self.run_dir, self.operating_points)
             points.plot_progression(self.run_dir, self.operating_points, title=self.model.name)
+
+    def _weights_twin(self):
+        if self._twin is None:
+            self._twin = points.weights_only_twin(self.model)
+        return self._twin
 
     def _summaries(self, report, opt):
         out = {"pruned_params_pct": report.pruned_params_pct,
