@@ -240,6 +240,19 @@ def psp_summary(model, train_xy, test_xy, settings, batch_size):
     }
 
 
+class RowLog:
+    """Progress for logs: one line per finished grid row (the ``Progbar.add`` interface)."""
+
+    def __init__(self, total, row):
+        self.total, self.row, self.seen, self.start = total, row, 0, time.time()
+
+    def add(self, n, values=None):
+        self.seen += n
+        if self.seen % self.row == 0 or self.seen == self.total:
+            last = "" if not values else " - " + " - ".join(f"{k}: {v:.4g}" for k, v in values)
+            print(f"grid {self.seen}/{self.total} points - {time.time() - self.start:.0f}s{last}", flush=True)
+
+
 def write_tensorboard(log_dir, analysis, figures):
     """The headline numbers as scalars (one run per model) and the figures as images."""
     from kerasprune._keras import tf
@@ -305,8 +318,11 @@ def run(args):
     print(f"maps: {len(alphas)} x {len(betas)} points; |d1| = {plane.norms()['d1']:.4g}", flush=True)
     grid_key = _key(identity, settings)
     state = os.path.join(parts, f"grid_{grid_key}.npz")
-    verbose = _verbosity("auto")
-    progress = keras.utils.Progbar(len(alphas) * len(betas), verbose=verbose, unit_name="point")
+    total = len(alphas) * len(betas)
+    if _verbosity("auto") == 1:
+        progress = keras.utils.Progbar(total, verbose=1, unit_name="point")
+    else:  # logs and CI: a line per grid row (Keras' verbose=2 would print only at the end)
+        progress = RowLog(total, len(alphas))
     maps = landscape.evaluate_grid(
         models["g"], plane, alphas, betas, _dataset(train_xy, args.batch_size),
         _dataset(test_xy, args.batch_size), max_exact_units=settings["max_exact_units"],
