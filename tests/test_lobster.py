@@ -354,6 +354,9 @@ def test_callback_refuses_a_plain_optimizer():
     callback.set_model(model)
     with pytest.raises(ValueError, match="Lobster optimizer, got SGD"):
         callback.on_train_begin()
+    model.compile(Lobster(), loss="mse")
+    with pytest.raises(ValueError, match="needs validation_data"):
+        callback.on_train_begin()
 
 
 def test_cli_lobster_runs_and_prints_its_points(tmp_path, capsys):

@@ -74,6 +74,9 @@ class LobsterPruning(keras.callbacks.Callback):
         if not isinstance(optimizer, Lobster):
             raise ValueError("LobsterPruning needs the model compiled with a kerasprune Lobster "
                              f"optimizer, got {type(optimizer).__name__}")
+        if self.validation_data is None:
+            raise ValueError("LobsterPruning needs validation_data: the threshold search evaluates "
+                             "the validation loss on it")
         self._vars = [v for _, v in sparsity.prunable_variables(self.model, self.kinds)]
         optimizer.set_prunable(self._vars)
         if self.run_dir:
@@ -83,9 +86,7 @@ class LobsterPruning(keras.callbacks.Callback):
         logs = logs if logs is not None else {}
         opt = self.model.optimizer
         val_loss, val_acc = logs.get("val_loss"), _accuracy(logs, "val_")
-        if val_loss is None:
-            if self.validation_data is None:
-                raise ValueError("LobsterPruning needs validation_data or model.fit(validation_data=...)")
+        if val_loss is None:  # fit without validation_data: measure it ourselves
             result = self._evaluate(self.validation_data)
             val_loss, val_acc = result["loss"], _accuracy(result, "")
         report = sparsity.report(self.model, self.kinds)
