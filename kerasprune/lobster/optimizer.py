@@ -213,7 +213,10 @@ class Lobster(keras.optimizers.Optimizer):
         parameters were newly pruned. Call in cross-replica context (e.g. from a callback)."""
         newly = 0
         for var, mask in zip(self._prunable_vars, self.masks):
-            keep = tf.cast(tf.abs(var) >= threshold, var.dtype) * mask
+            # Compared in float64, as the threshold search does: a float32 T could round onto a
+            # magnitude and keep (or cut) one parameter the search evaluated the other way.
+            magnitude = tf.cast(tf.abs(tf.convert_to_tensor(var)), tf.float64)
+            keep = tf.cast(magnitude >= tf.constant(threshold, tf.float64), var.dtype) * mask
             newly += int(tf.reduce_sum(mask - keep).numpy())
             mask.assign(keep)
             var.assign(var * keep)
