@@ -179,10 +179,10 @@ def write_json(path, data):
 
 
 def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy arrays and scalars (a scalar's tolist() is its item)
         return value.tolist()
+    if hasattr(value, "numpy"):  # eager tensors
+        return value.numpy().tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 

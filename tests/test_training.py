@@ -110,3 +110,9 @@ def test_help_lists_commands_without_importing_tensorflow():
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_write_json_handles_numpy_arrays_and_scalars(tmp_path):
+    path = str(tmp_path / "x.json")
+    training.write_json(path, {"a": np.arange(3), "b": np.float32(1.5), "c": np.int64(2)})
+    assert training.read_json(path) == {"a": [0, 1, 2], "b": 1.5, "c": 2}
