@@ -143,18 +143,21 @@ def set_masks(model, masks):
     if missing or extra:
         raise ValueError(f"masks do not match the wrapped parameters: missing {sorted(missing)}, "
                          f"unexpected {sorted(extra)}")
-    for key, (weight, mask) in found.items():
-        value = np.asarray(masks[key])
-        if value.shape != tuple(weight.shape):
-            raise ValueError(f"mask {key} has shape {value.shape}, parameter has {tuple(weight.shape)}")
-        mask.assign(value.astype(mask.dtype.as_numpy_dtype))
+    # Under a distribution strategy the variables are mirrored: assign in the model's scope.
+    with model.distribute_strategy.scope():
+        for key, (weight, mask) in found.items():
+            value = np.asarray(masks[key])
+            if value.shape != tuple(weight.shape):
+                raise ValueError(f"mask {key} has shape {value.shape}, parameter has {tuple(weight.shape)}")
+            mask.assign(value.astype(mask.dtype.as_numpy_dtype))
     apply_masks(model)
 
 
 def apply_masks(model):
     """Multiplies every wrapped weight by its mask (what the wrapper does on each call)."""
-    for layer in wrappers(model):
-        layer.pruning_obj.weight_mask_op()
+    with model.distribute_strategy.scope():
+        for layer in wrappers(model):
+            layer.pruning_obj.weight_mask_op()
 
 
 def callbacks():

@@ -25,6 +25,8 @@ from kerasprune.results import ResultsTable, file_lock, key_of
 
 BASELINES = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp",
              "polynomial_decay")
+# Fresh initialisations use seed FRESH_INIT_SEED_OFFSET + s, away from LOBSTER's (small) seeds.
+FRESH_INIT_SEED_OFFSET = 10_000
 ONESHOT_FOR_EXPORT = ("lottery_rewind", "random_reinit", "random_structure")  # the paper's "1-S"
 POINT_COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss",
                  "test_error", "test_loss", "epoch", "weights")
@@ -289,6 +291,17 @@ class _Context:
             self._masks[point] = point_mask(self.config, self.lobster_dir, self.by_point[point])
         return self._masks[point]
 
+    def fresh_init_seed(self, seed):
+        """Init seed of a *fresh* initialisation (Liu et al., random structure) for sweep seed ``seed``.
+
+        Never LOBSTER's own seed: initialised from it, "random re-init" would be lottery rewinding.
+        """
+        fresh = FRESH_INIT_SEED_OFFSET + seed
+        original = int(_lobster_seed(self.lobster_dir, self.config))
+        if fresh == original:
+            raise KerasPruneError(f"sweep seed {seed} would re-use LOBSTER's initialisation seed {original}")
+        return fresh
+
     def dense(self, seed):
         from kerasprune import oneshot
 
@@ -331,8 +344,10 @@ class _Context:
             result = oneshot.lottery_rewind(cfg, run_dir, self.mask(job.point),
                                             os.path.join(self.lobster_dir, "initial.weights.h5"), **kw)
         elif job.method == "random_reinit":
+            cfg = dataclasses.replace(cfg, seed=self.fresh_init_seed(job.seed))
             result = oneshot.random_reinit(cfg, run_dir, self.mask(job.point), **kw)
         elif job.method == "random_structure":
+            cfg = dataclasses.replace(cfg, seed=self.fresh_init_seed(job.seed))
             result = oneshot.random_structure(cfg, run_dir, self.mask(job.point),
                                               mask_seed=[job.seed, job.point], **kw)
         elif job.method in ("magnitude_oneshot", "polynomial_decay"):

@@ -163,6 +163,13 @@ def test_tiny_sweep_writes_every_method_a_figure_and_exports(tmp_path, lobster_d
             assert r["pruned_params_pct"] == pytest.approx(r["target_pruned_params_pct"], abs=0.5)
         if r["method"] != "lobster":
             assert os.listdir(os.path.join(out, r["run_dir"], "tensorboard"))
+    # Fresh initialisations (Liu et al., random structure) never reuse LOBSTER's init seed, which
+    # would make random re-init a copy of lottery rewinding.
+    lobster_seed = json.loads(open(os.path.join(lobster_dir, "config.json")).read())["seed"]
+    for r in rows:
+        if r["method"] in ("random_reinit", "random_structure"):
+            used = json.loads(open(os.path.join(out, r["run_dir"], "result.json")).read())["seed"]
+            assert used != lobster_seed and used == sweep.FRESH_INIT_SEED_OFFSET + r["seed"]
     assert os.path.getsize(os.path.join(out, "figure1.png")) > 10_000
     exports = json.loads(open(os.path.join(out, "exports.json")).read())
     assert exports["g_point"] == 2 and exports["oneshot_point"] == 2

@@ -1,6 +1,5 @@
 """``kerasprune lobster``: LOBSTER gradual pruning of a model on a dataset."""
 from kerasprune.commands import _common
-from kerasprune.distribute import STRATEGIES
 
 HELP = "prune a model with LOBSTER and write its operating points"
 DESCRIPTION = """Train and prune with LOBSTER (loss-based sensitivity regularisation + pruning at
@@ -36,7 +35,7 @@ def add_arguments(parser):
     _common.add_data_arguments(parser)
     r = parser.add_argument_group("run")
     r.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
-    r.add_argument("--strategy", default="default", choices=STRATEGIES,
+    r.add_argument("--strategy", default="default", type=_common.strategy_flag, metavar="SPEC",
                    help="tf.distribute strategy (default: one device)")
 
 

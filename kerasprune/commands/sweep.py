@@ -1,5 +1,5 @@
 """``kerasprune sweep``: the paper's Figure 1 for one setup (LOBSTER vs one-shot retrainings)."""
-from kerasprune.distribute import STRATEGIES
+from kerasprune.commands import _common
 
 HELP = "run every one-shot baseline at every LOBSTER operating point (Figure 1)"
 DESCRIPTION = """Run the Figure 1 sweep of a setup described by a TOML file (see docs/sweep.md).
@@ -28,7 +28,7 @@ def add_arguments(parser):
                         help="local data dir (default: the config's, else $KERASPRUNE_DATA_DIR)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
     parser.add_argument("--methods", nargs="+", default=None, help="override the config's methods")
-    parser.add_argument("--strategy", default=None, choices=STRATEGIES, help="tf.distribute strategy")
+    parser.add_argument("--strategy", default=None, type=_common.strategy_flag, metavar="SPEC", help="tf.distribute strategy")
     parser.add_argument("--lobster-dir", default=None,
                         help="use this existing LOBSTER run folder (its finished operating points) "
                              "instead of running LOBSTER in OUT/lobster")
