@@ -150,6 +150,17 @@ def test_search_stops_within_tolerance_of_the_bound():
     assert len(result.trials) < 12
 
 
+def test_search_with_the_paper_defaults_prunes_when_the_mean_cut_is_just_above_the_bound():
+    # twt = tolerance = 0.05: the uncut loss 1.0 is within 5% of B = 1.05, and so is the loss of the
+    # mean cut (50 cut: 1.055). The search must still bisect to a cut that removes something.
+    def loss(t):
+        return 1.0 + 0.0011 * np.count_nonzero(MAGNITUDES < t)
+
+    result = search_threshold(loss, MAGNITUDES, val_loss=1.0, twt=0.05, tolerance=0.05)
+    assert result is not None and result.loss <= 1.05
+    assert 1 <= np.count_nonzero(MAGNITUDES < result.threshold) <= 45  # 45 cut: 1.0495; 46: 1.0506
+
+
 def test_search_returns_none_when_no_cut_is_admissible():
     assert search_threshold(lambda t: 1.0 if t <= 1.0 else 5.0, MAGNITUDES, 1.0, twt=0.05) is None
 

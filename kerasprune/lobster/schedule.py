@@ -93,7 +93,10 @@ def search_threshold(loss_at: Callable[[float], float], magnitudes, val_loss, tw
         hi, l_hi = t_mean, l_mean
         lo, l_lo = t_min, float(val_loss)  # |w| < T_min cuts nothing: the loss is val_loss itself
     for _ in range(max_steps):
-        if abs(l_lo - bound) <= tolerance * bound and abs(l_hi - bound) <= tolerance * bound:
+        # The tolerance stop needs an admissible end that cuts something: with twt <= tolerance the
+        # uncut loss is already "within tolerance" of B, and stopping there would never prune.
+        if (cuts_between(0.0, lo) > 0 and abs(l_lo - bound) <= tolerance * bound
+                and abs(l_hi - bound) <= tolerance * bound):
             break
         if cuts_between(lo, hi) <= 1:  # any T in (lo, hi] cuts what lo or hi cuts
             break
