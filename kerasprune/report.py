@@ -49,7 +49,7 @@ def figure1(rows, path, title=None):
     if not points:
         raise ValueError("no rows with a test error to plot")
     x_of = {p: i for i, p in enumerate(points)}
-    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(10.5, 5.2), dpi=120)
     keys = sorted(stats, key=lambda k: (ORDER.index(k[0]) if k[0] in ORDER else len(ORDER), k[1]))
     for key in keys:
         method, variant = key
@@ -84,7 +84,8 @@ def figure1(rows, path, title=None):
     top.set_xticklabels([_pct(lobster, p, "pruned_neurons_pct") for p in points])
     top.set_xlabel("Pruned neurons (%) of LOBSTER")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # Outside the axes: with eight methods any spot inside hides some curve.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
