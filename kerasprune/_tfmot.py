@@ -46,7 +46,7 @@ def param_key(layer, attr):
 def masked_parameters(model, kinds=ALL_KINDS):
     """``{key: variable}`` of the parameters a mask covers, in ``prunable_variables`` order."""
     out = {}
-    for layer in _layers(model):
+    for layer in sparsity.all_layers(model):
         inner = sparsity.unwrap(layer)
         for attr in _attrs(inner, kinds):
             out[param_key(inner, attr)] = getattr(inner, attr)
@@ -60,14 +60,6 @@ def _attrs(inner, kinds):
     if isinstance(inner, sparsity.NORMS) and "norm" in kinds:
         return [a for a in ("gamma", "beta") if getattr(inner, a, None) is not None]
     return []
-
-
-def _layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _layers(layer)
-        else:
-            yield layer
 
 
 def wrap(model, schedule=None, kinds=ALL_KINDS):
@@ -98,8 +90,8 @@ def wrap(model, schedule=None, kinds=ALL_KINDS):
 def copy_weights(source, target):
     """Copies layer weights between two models of the same architecture, wrapped or not (matched
     by the inner layer's name; masks and TF-MOT state are left alone)."""
-    by_name = {sparsity.unwrap(l).name: sparsity.unwrap(l) for l in _layers(source)}
-    for layer in _layers(target):
+    by_name = {sparsity.unwrap(l).name: sparsity.unwrap(l) for l in sparsity.all_layers(source)}
+    for layer in sparsity.all_layers(target):
         inner = sparsity.unwrap(layer)
         if inner.weights:
             inner.set_weights(by_name[inner.name].get_weights())
@@ -112,7 +104,7 @@ def wrapper_class():
 
 
 def wrappers(model):
-    return [l for l in _layers(model) if isinstance(l, wrapper_class())]
+    return [l for l in sparsity.all_layers(model) if isinstance(l, wrapper_class())]
 
 
 def _mask_vars(model):

@@ -27,14 +27,14 @@ REPORT_SUFFIX = ".export.json"
 
 
 def has_wrappers(model):
-    return any(_is_pruning_wrapper(l) for l in _walk(model))
+    return any(_is_pruning_wrapper(l) for l in sparsity.all_layers(model))
 
 
 def strip(model):
     """A fresh copy of ``model`` of standard Keras layers: TF-MOT pruning wrappers removed, each
     wrapped weight multiplied by its mask. ``model`` itself is left untouched."""
     masked = {}
-    for layer in _walk(model):
+    for layer in sparsity.all_layers(model):
         if _is_pruning_wrapper(layer):
             # TF-MOT keeps (weight, mask, threshold) per pruned weight; the weight variable may hold
             # non-zeros where the mask is 0 until the next masking op, so fold explicitly.
@@ -340,14 +340,6 @@ def _say(verbose, text):
 # ---------------------------------------------------------------------------------------------
 
 
-def _walk(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _walk(layer)
-        else:
-            yield layer
-
-
 def _is_pruning_wrapper(layer):
     # TF-MOT's PruneLowMagnitude (and its subclasses); recognised without importing TF-MOT eagerly.
     return isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "pruning_vars")
@@ -355,7 +347,7 @@ def _is_pruning_wrapper(layer):
 
 def _require_standard_layers(model):
     """An export must load without kerasprune: refuse layers that are not part of Keras."""
-    for layer in _walk(model):
+    for layer in sparsity.all_layers(model):
         module = type(layer).__module__
         if not module.startswith("tf_keras.") or _is_pruning_wrapper(layer):
             raise KerasPruneError(f"layer {layer.name} is a {type(layer).__name__} from {module}, not a "

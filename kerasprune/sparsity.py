@@ -47,7 +47,7 @@ def prunable_variables(model, kinds=DEFAULT_KINDS):
     if unknown:
         raise ValueError(f"unknown parameter kinds {sorted(unknown)}; valid: {DEFAULT_KINDS}")
     out = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         inner = unwrap(layer)
         if isinstance(inner, DENSE_CONV):
             if "kernel" in kinds:
@@ -101,7 +101,7 @@ def report(model, kinds=DEFAULT_KINDS):
 
 def pruned_neurons(model):
     """``{layer_name: bool array over output units}`` for every hidden Dense/Conv layer."""
-    layers = [l for l in _all_layers(model) if isinstance(unwrap(l), DENSE_CONV)]
+    layers = [l for l in all_layers(model) if isinstance(unwrap(l), DENSE_CONV)]
     successors = {l.name: _successor(l) for l in layers}
     hidden = [l for l in layers if _reaches_any(l, layers)]
     kernels = {l.name: unwrap(l).kernel.numpy() for l in layers}
@@ -124,10 +124,11 @@ def pruned_neurons(model):
     return {l.name: dead[l.name] for l in hidden}
 
 
-def _all_layers(model):
+def all_layers(model):
+    """Every leaf layer of ``model``, descending into nested models (the one walker all modules use)."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
         else:
             yield layer
 
