@@ -42,10 +42,14 @@ def test_saved_model_round_trip_gives_the_same_outputs(tmp_path, mnist_small):
     # The export is the trained model: its test accuracy is the one in metrics.json.
     keras_model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                         metrics=["accuracy"])
-    data_splits = __import__("kerasprune.data", fromlist=["load"]).load(
-        "mnist", max_train_examples=2000, max_test_examples=500)
-    assert keras_model.evaluate(data_splits.test, verbose=0)[1] == pytest.approx(
+    assert keras_model.evaluate(mnist_test_500(), verbose=0)[1] == pytest.approx(
         metrics["test_accuracy"], abs=1e-6)
+
+
+def mnist_test_500():
+    from kerasprune import data
+
+    return data.load("mnist", max_train_examples=2000, max_test_examples=500).test
 
 
 class _Crash(keras.callbacks.Callback):
