@@ -82,6 +82,11 @@ def get_strategy(spec="default", devices=None):
         device = (devices or [("/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")])[0]
         return tf.distribute.OneDeviceStrategy(device)
     if name == "mirrored":
+        if devices and all("cpu" in d.lower() for d in devices):
+            # Logical CPU replicas: reduce through one device instead of collective ops, whose
+            # per-replica ordering TF-MOT's wrapper updates break ("Shape mismatch in the collective").
+            return tf.distribute.MirroredStrategy(
+                devices=devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
         return tf.distribute.MirroredStrategy(devices=devices)
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:

@@ -181,11 +181,6 @@ def test_lobster_under_mirrored_strategy_gives_the_single_device_masks_and_weigh
     assert r["max_weight_diff"] < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Not finished: with masks set inside the strategy scope, TF-MOT's wrapper update under "
-    "MirroredStrategy still fails in fit with 'Shape mismatch in the collective instance ... expected "
-    "shape [235200] but another member expected [266610]' (collective ops of the per-layer mask "
-    "update are issued in a different order on the two replicas)."))
 def test_tfmot_fixed_mask_retraining_under_mirrored_strategy_matches_one_device(two_devices):
     r = _case(two_devices, "tfmot")
     assert r["masks_held"]
