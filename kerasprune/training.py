@@ -152,9 +152,13 @@ def best_in_history(history_path, monitor):
     return min(values) if values else None
 
 
-def fit_and_record(model, splits, run_dir, epochs, callbacks=(), verbose="auto"):
-    """``model.fit`` with the run callbacks plus ``callbacks``; returns the full epoch history rows."""
-    standard = run_callbacks(run_dir)
+def fit_and_record(model, splits, run_dir, epochs, callbacks=(), verbose="auto", best_checkpoint=True):
+    """``model.fit`` with the run callbacks plus ``callbacks``; returns the full epoch history rows.
+
+    ``best_checkpoint=False`` drops the best-by-validation-loss checkpoint, for runs (LOBSTER) that
+    keep their own best weights per sparsity level and where one best over all levels means nothing.
+    """
+    standard = run_callbacks(run_dir, best_checkpoint=best_checkpoint)
     all_callbacks = standard[:1] + list(callbacks) + standard[1:]
     start = time.time()
     model.fit(splits.train, validation_data=splits.validation, epochs=epochs,

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from kerasprune import cli, sparsity
+from kerasprune import cli, paths, sparsity
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
 from kerasprune.lobster import (Lobster, LobsterConfig, LobsterPruning, Plateau, load_operating_point,
@@ -272,6 +272,8 @@ def test_run_writes_operating_points_that_reload_with_their_zeros_and_errors(tmp
     assert set(CONTRACT_COLUMNS) <= set(header)
     assert rows == read_operating_points(out) and len(rows) >= 2
     assert [r["point"] for r in rows] == list(range(len(rows)))
+    # The per-level points are the checkpoints; no best-over-all-levels file is written.
+    assert not os.path.exists(os.path.join(out, paths.BEST_WEIGHTS))
     pcts = [r["pruned_params_pct"] for r in rows]
     assert pcts == sorted(pcts) and pcts[-1] > pcts[0]
     for name in ("config.json", "initial.weights.h5", "progression.png", "history.csv", "metrics.json"):
@@ -317,8 +319,8 @@ def test_killed_run_resumes_without_losing_operating_points(tmp_path, monkeypatc
     out = str(tmp_path / "run")
     original = training.fit_and_record
 
-    def crashing(model, splits, run_dir, epochs, callbacks=(), verbose="auto"):
-        return original(model, splits, run_dir, epochs, list(callbacks) + [_Crash(3)], verbose)
+    def crashing(model, splits, run_dir, epochs, callbacks=(), verbose="auto", **kwargs):
+        return original(model, splits, run_dir, epochs, list(callbacks) + [_Crash(3)], verbose, **kwargs)
 
     monkeypatch.setattr(training, "fit_and_record", crashing)
     with pytest.raises(RuntimeError, match="simulated kill"):

@@ -107,7 +107,9 @@ def run(config, out, verbose="auto"):
     if config.lr_plateau:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=10,
                                                            cooldown=50, verbose=1))
-    history, seconds = training.fit_and_record(model, splits, out, config.epochs, callbacks, verbose)
+    # No best-by-val-loss checkpoint: operating points already keep the best epoch of each level.
+    history, seconds = training.fit_and_record(model, splits, out, config.epochs, callbacks, verbose,
+                                               best_checkpoint=False)
     rows = pruning.operating_points
     best = [r for r in rows if not math.isnan(r["test_error"])]
     metrics = {
