@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from kerasprune.config import RunSettings
 from kerasprune.errors import KerasPruneError
 from kerasprune.results import ResultsTable, file_lock, key_of
 
@@ -33,12 +34,11 @@ POINT_COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error"
 
 
 @dataclasses.dataclass
-class SweepConfig:
-    """One setup of Figure 1. Training fields apply to the dense runs and to every retraining."""
+class SweepConfig(RunSettings):
+    """One setup of Figure 1: the shared :class:`~kerasprune.config.RunSettings` (they apply to the
+    dense runs and to every retraining) plus these."""
 
     name: str = "sweep"
-    model: str = "lenet300"
-    dataset: str = "mnist"
     seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1])
     methods: List[str] = dataclasses.field(default_factory=lambda: list(BASELINES))
     magnitude_scopes: List[str] = dataclasses.field(default_factory=lambda: ["layer", "global"])
@@ -46,20 +46,11 @@ class SweepConfig:
     epochs: int = 10  # retraining epochs (and epochs of each IMP round)
     dense_epochs: int = 10  # training of the dense model the magnitude baselines prune
     imp_rate: float = 0.2  # fraction of the kept kernels each IMP round prunes
-    batch_size: int = 100
-    lr: float = 0.1
-    momentum: float = 0.0
-    optimizer: str = "sgd"
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    max_train_examples: Optional[int] = None
-    max_test_examples: Optional[int] = None
-    data_dir: Optional[str] = None
-    strategy: str = "default"
     lobster_dir: Optional[str] = None  # an existing LOBSTER run folder (default: OUT/lobster, run if missing)
     lobster: Dict[str, Any] = dataclasses.field(default_factory=dict)  # LobsterConfig fields
 
     def __post_init__(self):
+        super().__post_init__()
         unknown = set(self.methods) - set(BASELINES)
         if unknown:
             raise KerasPruneError(f"unknown methods {sorted(unknown)}; valid names are: {', '.join(BASELINES)}")
@@ -74,12 +65,7 @@ class SweepConfig:
     def train_config(self, seed, epochs=None):
         from kerasprune.training import TrainConfig
 
-        return TrainConfig(model=self.model, dataset=self.dataset, epochs=self.epochs if epochs is None else epochs,
-                           seed=seed, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum,
-                           optimizer=self.optimizer, val_fraction=self.val_fraction,
-                           split_seed=self.split_seed, data_dir=self.data_dir,
-                           max_train_examples=self.max_train_examples,
-                           max_test_examples=self.max_test_examples, strategy=self.strategy)
+        return TrainConfig(**self.settings(), seed=seed, epochs=self.epochs if epochs is None else epochs)
 
 
 def load_config(path, **overrides):
@@ -147,12 +133,8 @@ def ensure_lobster(config, out, verbose="auto"):
     unknown = set(config.lobster) - fields
     if unknown:
         raise KerasPruneError(f"[lobster] has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(fields))}")
-    shared = dict(model=config.model, dataset=config.dataset, batch_size=config.batch_size, lr=config.lr,
-                  momentum=config.momentum, data_dir=config.data_dir, val_fraction=config.val_fraction,
-                  split_seed=config.split_seed, max_train_examples=config.max_train_examples,
-                  max_test_examples=config.max_test_examples, strategy=config.strategy,
-                  seed=config.seeds[0])
-    kwargs = {k: v for k, v in shared.items() if k in fields}
+    shared = dict(config.settings(), seed=config.seeds[0])
+    kwargs = dict(shared)
     kwargs.update(config.lobster)
     with file_lock(lobster_dir + ".lock"):
         print(f"[sweep] LOBSTER run {lobster_dir} (its operating points drive the sweep)", flush=True)

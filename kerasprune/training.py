@@ -19,35 +19,23 @@ import time
 from typing import Optional
 
 from kerasprune import paths
+from kerasprune.config import RunSettings
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Everything that defines a plain training run (defaults: the paper code's SGD settings)."""
+class TrainConfig(RunSettings):
+    """A plain training run: the shared :class:`~kerasprune.config.RunSettings` plus these."""
 
-    model: str = "lenet300"
-    dataset: str = "mnist"
     epochs: int = 10
-    seed: int = 0
-    batch_size: int = 100  # global batch: split over the replicas of a distribution strategy
-    lr: float = 0.1
-    momentum: float = 0.0
-    optimizer: str = "sgd"
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    data_dir: Optional[str] = None
-    max_train_examples: Optional[int] = None
-    max_test_examples: Optional[int] = None
-    strategy: str = "default"
+    seed: int = 0  # seed of the initial weights and of the data order
     export_dir: Optional[str] = None  # root of SavedModel exports (default ./saved_models)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.epochs < 0:
             raise KerasPruneError(f"epochs must be >= 0, got {self.epochs}")
-        if self.lr <= 0:
-            raise KerasPruneError(f"lr must be positive, got {self.lr}")
 
 
 def make_optimizer(name="sgd", lr=0.1, momentum=0.0):
@@ -224,7 +212,7 @@ def evaluate(model, dataset):
 
 def train(config, out, verbose="auto"):
     """Runs (or resumes, or returns the result of) one plain training run in folder ``out``."""
-    from kerasprune import data, models
+    from kerasprune import models
     from kerasprune.distribute import get_strategy, is_chief
 
     metrics_path = paths.run_file(out, paths.METRICS)
@@ -240,10 +228,7 @@ def train(config, out, verbose="auto"):
     os.makedirs(out, exist_ok=True)
     if is_chief():
         write_json(paths.run_file(out, paths.CONFIG), dataclasses.asdict(config))
-    splits = data.load(config.dataset, data_dir=config.data_dir, batch_size=config.batch_size,
-                       val_fraction=config.val_fraction, split_seed=config.split_seed,
-                       shuffle_seed=config.seed, max_train_examples=config.max_train_examples,
-                       max_test_examples=config.max_test_examples)
+    splits = config.load_data(shuffle_seed=config.seed)
     with strategy.scope():
         model = models.build(config.model, input_shape=splits.spec.input_shape,
                              num_classes=splits.spec.num_classes, seed=config.seed)

@@ -40,17 +40,13 @@ def add_arguments(parser):
 
 
 def run(args):
+    from kerasprune.config import settings_from_args
     from kerasprune.lobster import LobsterConfig, run as run_lobster
 
     config = LobsterConfig(
-        model=args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, optimizer=args.optimizer,
-        lmbda=args.lmbda, twt=args.twt, pwe=args.pwe, good_margin=args.good_margin,
-        tolerance=args.tolerance, lr_plateau=args.lr_plateau,
-        kinds=tuple(k.strip() for k in args.prune.split(",") if k.strip()),
-        val_fraction=args.val_fraction, split_seed=args.split_seed, data_dir=args.data_dir,
-        max_train_examples=args.max_train_examples, max_test_examples=args.max_test_examples,
-        strategy=args.strategy)
+        **settings_from_args(args), epochs=args.epochs, seed=args.seed, lmbda=args.lmbda, twt=args.twt,
+        pwe=args.pwe, good_margin=args.good_margin, tolerance=args.tolerance, lr_plateau=args.lr_plateau,
+        kinds=tuple(k.strip() for k in args.prune.split(",") if k.strip()))
     rows = run_lobster(config, args.out)
     for row in rows:
         print(f"point {row['point']:3d}: {row['pruned_params_pct']:6.2f}% params, "

@@ -23,13 +23,10 @@ def add_arguments(parser):
 
 
 def run(args):
+    from kerasprune.config import settings_from_args
     from kerasprune.training import TrainConfig, train
 
-    config = TrainConfig(
-        model=args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, optimizer=args.optimizer,
-        val_fraction=args.val_fraction, split_seed=args.split_seed, data_dir=args.data_dir,
-        max_train_examples=args.max_train_examples, max_test_examples=args.max_test_examples,
-        strategy=args.strategy, export_dir=args.export_dir)
+    config = TrainConfig(**settings_from_args(args), epochs=args.epochs, seed=args.seed,
+                         export_dir=args.export_dir)
     metrics = train(config, args.out)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "test_loss", "epochs_completed")}))

@@ -2,9 +2,10 @@
 import dataclasses
 import math
 import os
-from typing import Optional, Tuple
+from typing import Tuple
 
 from kerasprune import paths
+from kerasprune.config import RunSettings
 from kerasprune.errors import KerasPruneError
 from kerasprune.sparsity import DEFAULT_KINDS
 
@@ -12,17 +13,12 @@ METRICS = paths.METRICS
 
 
 @dataclasses.dataclass
-class LobsterConfig:
-    """A LOBSTER run (defaults: the paper code's LeNet settings)."""
+class LobsterConfig(RunSettings):
+    """A LOBSTER run: the shared :class:`~kerasprune.config.RunSettings` (``optimizer`` is the base
+    optimizer LOBSTER wraps) plus these (defaults: the paper code's LeNet settings)."""
 
-    model: str = "lenet300"
-    dataset: str = "mnist"
     epochs: int = 1000  # budget of epochs; LOBSTER itself has no stopping rule
-    seed: int = 0
-    batch_size: int = 100
-    lr: float = 0.1
-    momentum: float = 0.0
-    optimizer: str = "sgd"  # the base optimizer LOBSTER wraps
+    seed: int = 0  # seed of the initial weights and of the data order
     lmbda: float = 1e-4  # sensitivity regularisation strength (not scaled by lr)
     twt: float = 0.05  # admissible relative increase of the validation loss per pruning
     pwe: int = 20  # plateau patience (epochs)
@@ -30,22 +26,14 @@ class LobsterConfig:
     tolerance: float = 0.05  # threshold search stops within this fraction of the bound
     lr_plateau: bool = False  # ReduceLROnPlateau(val_loss, factor 0.1, patience 10, cooldown 50)
     kinds: Tuple[str, ...] = DEFAULT_KINDS  # parameters pruned and counted
-    val_fraction: float = 0.1
-    split_seed: int = 0
-    data_dir: Optional[str] = None
-    max_train_examples: Optional[int] = None
-    max_test_examples: Optional[int] = None
-    strategy: str = "default"
 
     def __post_init__(self):
+        super().__post_init__()
         self.kinds = tuple(self.kinds)
-        for name in ("epochs", "pwe", "batch_size"):
+        for name in ("epochs", "pwe"):
             if getattr(self, name) < 1:
                 raise KerasPruneError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr",):
-            if getattr(self, name) <= 0:
-                raise KerasPruneError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("lmbda", "twt", "good_margin", "tolerance", "momentum"):
+        for name in ("lmbda", "twt", "good_margin", "tolerance"):
             if getattr(self, name) < 0:
                 raise KerasPruneError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = set(self.kinds) - set(DEFAULT_KINDS)
@@ -65,7 +53,7 @@ def run(config, out, verbose="auto"):
     ``progression.png``, ``history.csv``, ``tensorboard/`` and ``metrics.json`` (at the end). A
     killed run resumes (Keras ``BackupAndRestore``) when run again with the same config.
     """
-    from kerasprune import data, models, training
+    from kerasprune import models, training
     from kerasprune._keras import keras
     from kerasprune.distribute import get_strategy, is_chief
     from kerasprune.lobster.callback import LobsterPruning
@@ -88,10 +76,7 @@ def run(config, out, verbose="auto"):
     os.makedirs(out, exist_ok=True)
     if is_chief():
         training.write_json(config_path, dataclasses.asdict(config))
-    splits = data.load(config.dataset, data_dir=config.data_dir, batch_size=config.batch_size,
-                       val_fraction=config.val_fraction, split_seed=config.split_seed,
-                       shuffle_seed=config.seed, max_train_examples=config.max_train_examples,
-                       max_test_examples=config.max_test_examples, eval_batch_size=1000)
+    splits = config.load_data(shuffle_seed=config.seed, eval_batch_size=1000)
     with strategy.scope():
         model = models.build(config.model, input_shape=splits.spec.input_shape,
                              num_classes=splits.spec.num_classes, seed=config.seed)

@@ -1,0 +1,56 @@
+"""The settings every kind of run shares: model, data split, optimiser, distribution strategy.
+
+``TrainConfig`` (plain training), ``LobsterConfig`` (a LOBSTER run) and ``SweepConfig`` (a Figure 1
+setup) extend :class:`RunSettings` with their own fields, so a setting has one name, one default and
+one check everywhere, and the CLI fills them all through :func:`settings_from_args`. This module
+imports no TensorFlow (``kerasprune --help`` stays fast).
+"""
+import dataclasses
+from typing import Optional
+
+from kerasprune.errors import KerasPruneError
+
+
+@dataclasses.dataclass
+class RunSettings:
+    """Model, data and optimiser settings (defaults: the paper code's SGD settings)."""
+
+    model: str = "lenet300"
+    dataset: str = "mnist"
+    batch_size: int = 100  # global batch: split over the replicas of a distribution strategy
+    lr: float = 0.1
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+    val_fraction: float = 0.1
+    split_seed: int = 0  # seed of the train/validation split (independent of the training seed)
+    data_dir: Optional[str] = None
+    max_train_examples: Optional[int] = None
+    max_test_examples: Optional[int] = None
+    strategy: str = "default"
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise KerasPruneError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise KerasPruneError(f"lr must be positive, got {self.lr}")
+        if self.momentum < 0:
+            raise KerasPruneError(f"momentum must be >= 0, got {self.momentum}")
+
+    def settings(self):
+        """The :class:`RunSettings` fields of this config, as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}
+
+    def load_data(self, shuffle_seed, **kwargs):
+        """The dataset splits these settings describe (:func:`kerasprune.data.load`)."""
+        from kerasprune import data
+
+        return data.load(self.dataset, data_dir=self.data_dir, batch_size=self.batch_size,
+                         val_fraction=self.val_fraction, split_seed=self.split_seed,
+                         shuffle_seed=shuffle_seed, max_train_examples=self.max_train_examples,
+                         max_test_examples=self.max_test_examples, **kwargs)
+
+
+def settings_from_args(args):
+    """The :class:`RunSettings` fields found in parsed command-line ``args`` (argparse uses the
+    same names), as keyword arguments."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings) if hasattr(args, f.name)}
