@@ -122,6 +122,28 @@ def test_masks_best_weights_and_schedule_state_survive_a_checkpoint(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_pruning_rewinds_batchnorm_moving_statistics_with_the_weights():
+    """Rewinding to the best epoch must restore the BN statistics that go with its weights; else
+    the threshold search evaluates the best weights under later statistics."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    opt = Lobster(keras.optimizers.SGD(0.1))
+    model.compile(opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32), np.arange(32) % 2
+    callback = LobsterPruning(validation_data=tf.data.Dataset.from_tensors((x, y)), verbose=0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[callback])
+    opt.remember_best()
+    best = [v.numpy() for v in model.variables]
+    model.fit(x + 3.0, y, batch_size=8, epochs=1, verbose=0)  # shifts the moving mean and the weights
+    moving_mean = model.layers[1].moving_mean
+    assert not np.allclose(moving_mean.numpy(), best[[v.name for v in model.variables].index(moving_mean.name)])
+    callback.prune()
+    for before, var in zip(best, model.variables):
+        np.testing.assert_allclose(var.numpy() if "moving" in var.name else var.numpy() * (var.numpy() != 0),
+                                   before if "moving" in var.name else before * (var.numpy() != 0), rtol=1e-6)
+
+
 # -- threshold search and plateau rule -------------------------------------------------------------
 MAGNITUDES = np.arange(1, 101, dtype=np.float64)  # 100 parameters with |w| = 1..100
 

@@ -79,6 +79,9 @@ class LobsterPruning(keras.callbacks.Callback):
                              "the validation loss on it")
         self._vars = [v for _, v in sparsity.prunable_variables(self.model, self.kinds)]
         optimizer.set_prunable(self._vars)
+        if not getattr(optimizer, "_built", False):
+            # Rewinding to the best epoch restores BatchNorm's moving statistics too.
+            optimizer.set_rewound_state(self.model.non_trainable_variables)
         if self.run_dir:
             self.operating_points = points.read_operating_points(self.run_dir)
 

@@ -86,6 +86,7 @@ class Lobster(keras.optimizers.Optimizer):
         self.bad_epochs = self._scalar("bad_epochs", 0, tf.int64)  # consecutive non-good epochs
         self.level_best_accuracy = self._scalar("level_best_accuracy", -math.inf)
         self._prunable_keys = None  # set by set_prunable(); None: recognise by variable name
+        self._rewound_state = self._no_dependency([])  # set by set_rewound_state()
 
     def _create_iteration_variable(self):
         """No counter of its own: ``__init__`` adopts the base optimizer's."""
@@ -134,6 +135,14 @@ class Lobster(keras.optimizers.Optimizer):
                              "prunable variables; call it before training starts")
         self._prunable_keys = keys
 
+    def set_rewound_state(self, variables):
+        """Non-trainable model variables (BatchNorm moving statistics) that :meth:`rewind_to_best`
+        restores with the weights, so the best epoch is rewound whole (call before training)."""
+        if getattr(self, "_built", False):
+            raise ValueError("set_rewound_state() after the optimizer was built; call it before "
+                             "training starts")
+        self._rewound_state = self._no_dependency(list(variables))
+
     def _is_prunable(self, variable):
         if self._prunable_keys is not None:
             return self._var_key(variable) in self._prunable_keys
@@ -156,7 +165,8 @@ class Lobster(keras.optimizers.Optimizer):
             self._prunable_vars.append(var)
             self.masks.append(self._add_mask(var))
         # Weights of the best validation loss since the last pruning: pruning rewinds to them.
-        self.best_weights = [self.add_variable_from_reference(v, "best", initial_value=v) for v in var_list]
+        self.best_weights = [self.add_variable_from_reference(v, "best", initial_value=v)
+                             for v in list(var_list) + self._rewound_state]
         self._built = True
 
     def _add_mask(self, var):
@@ -228,7 +238,8 @@ class Lobster(keras.optimizers.Optimizer):
             mask.assign(tf.cast(tf.not_equal(var, 0), var.dtype))
 
     def remember_best(self):
-        """Stores the current weights as the ones to rewind to (see :meth:`rewind_to_best`)."""
+        """Stores the current weights (and the :meth:`set_rewound_state` variables) as the ones to
+        rewind to (see :meth:`rewind_to_best`)."""
         for var, best in zip(self._all_vars(), self.best_weights):
             best.assign(var)
 
@@ -238,7 +249,7 @@ class Lobster(keras.optimizers.Optimizer):
 
     def _all_vars(self):
         order = sorted(self._index_dict.items(), key=lambda kv: kv[1])
-        return [self._model_vars[key] for key, _ in order]
+        return [self._model_vars[key] for key, _ in order] + self._rewound_state
 
     def get_config(self):
         config = super().get_config()
