@@ -99,6 +99,35 @@ class StopOnNaN(keras.callbacks.Callback):
                                   "training diverged; try a lower --lr")
 
 
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` whose counters (best value, wait, cooldown) survive a kill.
+
+    Keras keeps them in Python attributes, which ``BackupAndRestore`` does not checkpoint: a resumed
+    run would restart its patience and cooldown. They are written to ``state_path`` after every
+    epoch and read back when training starts. The learning rate itself lives in the optimizer and
+    is checkpointed. After a kill between this write and the checkpoint's, the counters are one
+    epoch ahead of the restored weights.
+    """
+
+    def __init__(self, state_path, **kwargs):
+        super().__init__(**kwargs)
+        self.state_path = state_path
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if os.path.isfile(self.state_path):
+            state = read_json(self.state_path)
+            self.best, self.wait, self.cooldown_counter = state["best"], state["wait"], state["cooldown_counter"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        from kerasprune.distribute import is_chief
+
+        if is_chief():
+            write_json(self.state_path, {"best": float(self.best), "wait": int(self.wait),
+                                         "cooldown_counter": int(self.cooldown_counter), "epoch": epoch + 1})
+
+
 def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True):
     """The callbacks every run gets: LR logging, NaN guard, CSV history, TensorBoard, best
     checkpoint by ``monitor`` and (optionally) BackupAndRestore in ``run_dir``."""

@@ -120,3 +120,27 @@ def test_write_json_handles_numpy_arrays_and_scalars(tmp_path):
     path = str(tmp_path / "x.json")
     training.write_json(path, {"a": np.arange(3), "b": np.float32(1.5), "c": np.int64(2)})
     assert training.read_json(path) == {"a": [0, 1, 2], "b": 1.5, "c": 2}
+
+
+def test_lr_plateau_counters_survive_a_restart(tmp_path):
+    """Patience 3: two flat epochs, a kill, then one more flat epoch must cut the LR (a fresh
+    ReduceLROnPlateau would wait three more epochs)."""
+    state = str(tmp_path / "lr_plateau_state.json")
+
+    def callback_on_model(lr):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.SGD(lr), loss="mse")
+        callback = training.ResumableReduceLROnPlateau(state, monitor="val_loss", factor=0.1, patience=3)
+        callback.set_model(model)
+        callback.on_train_begin()
+        return model, callback
+
+    model, callback = callback_on_model(0.1)
+    for epoch, loss in enumerate([1.0, 1.0, 1.0]):
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.1)
+
+    model, callback = callback_on_model(0.1)  # the resumed run (the LR comes from the checkpoint)
+    assert (callback.best, callback.wait) == (1.0, 2)
+    callback.on_epoch_end(3, {"val_loss": 1.0})
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.01)

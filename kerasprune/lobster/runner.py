@@ -90,8 +90,9 @@ def run(config, out, verbose="auto"):
                              kinds=config.kinds, run_dir=out)
     callbacks = [pruning]
     if config.lr_plateau:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=10,
-                                                           cooldown=50, verbose=1))
+        callbacks.append(training.ResumableReduceLROnPlateau(
+            paths.run_file(out, "lr_plateau_state.json"), monitor="val_loss", factor=0.1, patience=10,
+            cooldown=50, verbose=1))
     # No best-by-val-loss checkpoint: operating points already keep the best epoch of each level.
     history, seconds = training.fit_and_record(model, splits, out, config.epochs, callbacks, verbose,
                                                best_checkpoint=False)
