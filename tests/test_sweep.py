@@ -123,6 +123,15 @@ def test_every_experiment_config_loads():
         assert config.name == name[:-5] and config.seeds
 
 
+def test_command_line_overrides_replace_config_values(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('model = "lenet300"\nseeds = [0, 1]\npoints = [3]\n')
+    args = cli.build_parser().parse_args(["sweep", str(path), "--out", "x", "--points", "15", "48",
+                                          "--seeds", "2"])
+    config = sweep.load_config(str(path), points=args.points, seeds=args.seeds, methods=args.methods)
+    assert (config.points, config.seeds, config.methods) == ([15, 48], [2], list(sweep.BASELINES))
+
+
 def test_config_errors_name_the_bad_key_and_the_valid_ones(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('model = "lenet300"\nepoch = 3\n')

@@ -18,6 +18,8 @@ examples:
   kerasprune sweep experiments/quick.toml --out runs/quick --plot-only
   kerasprune sweep experiments/lenet300_mnist.toml --out runs/lenet300_mnist \
       --lobster-dir runs/lobster_lenet300_mnist
+  kerasprune sweep experiments/lenet300_mnist_g_vs_1s.toml --out runs/g_vs_1s_p48 \
+      --lobster-dir runs/lobster_lenet300_mnist_pwe5 --points 48
 """
 
 
@@ -28,6 +30,8 @@ def add_arguments(parser):
                         help="local data dir (default: the config's, else $KERASPRUNE_DATA_DIR)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
     parser.add_argument("--methods", nargs="+", default=None, help="override the config's methods")
+    parser.add_argument("--points", type=int, nargs="+", default=None,
+                        help="override the config's LOBSTER operating points (indices)")
     parser.add_argument("--strategy", default=None, type=_common.strategy_flag, metavar="SPEC", help="tf.distribute strategy")
     parser.add_argument("--lobster-dir", default=None,
                         help="use this existing LOBSTER run folder (its finished operating points) "
@@ -49,6 +53,7 @@ def run(args):
         print(report.figure1(results.read(table), os.path.join(args.out, "figure1.png")))
         return 0
     config = sweep.load_config(args.config, data_dir=args.data_dir, seeds=args.seeds, methods=args.methods,
+                               points=args.points,
                                strategy=args.strategy, lobster_dir=args.lobster_dir)
     sweep.run(config, args.out)
     return 0
