@@ -221,7 +221,7 @@ def run(config, out, verbose="auto"):
         with file_lock(os.path.join(out, "exports.lock")):  # two sweeps finishing together
             report.figure1(results.read(table.path), os.path.join(out, "figure1.png"),
                            title=f"{config.name}: {config.model} on {config.dataset}")
-            export_solutions(config, out, lobster_dir, all_points, results.read(table.path))
+            export_solutions(config, out, lobster_dir, points, results.read(table.path))
     print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, 'figure1.png')}")
     return rows
 
@@ -363,12 +363,13 @@ class _Context:
 # ---------------------------------------------------------------------------------------------
 # Exports for the analysis (G vs 1-S at the highest sparsity).
 
-def export_solutions(config, out, lobster_dir, all_points, rows):
-    """SavedModels of LOBSTER's highest-sparsity point (G) and of the best fixed-mask retraining at
-    that point by validation error (1-S); their paths go to ``OUT/exports.json``."""
+def export_solutions(config, out, lobster_dir, points, rows):
+    """SavedModels of the highest-sparsity point among the swept LOBSTER ``points`` (G) and of the
+    best fixed-mask retraining at that point by validation error (1-S); their paths go to
+    ``OUT/exports.json``."""
     from kerasprune import oneshot, training
 
-    top = max(all_points, key=lambda p: p["pruned_params_pct"])
+    top = max(points, key=lambda p: p["pruned_params_pct"])
     candidates = [r for r in rows if r["method"] in ONESHOT_FOR_EXPORT and r["point"] == top["point"]
                   and r.get("val_error") is not None]
     exports_path = os.path.join(out, "exports.json")

@@ -196,6 +196,15 @@ def test_tiny_sweep_writes_every_method_a_figure_and_exports(tmp_path, lobster_d
     assert len(results.read(os.path.join(out, "results.csv"))) == len(rows)
 
 
+def test_sweep_of_chosen_points_exports_g_and_1s_at_the_sparsest_chosen_point(tmp_path, lobster_dir):
+    """With ``points`` set, G must be the point the 1-S retrainings ran at, not LOBSTER's sparsest."""
+    out = str(tmp_path / "sweep")
+    sweep.run(tiny(lobster_dir, seeds=[0], methods=["lottery_rewind"], points=[1]), out, verbose=0)
+    exports = json.loads(open(os.path.join(out, "exports.json")).read())
+    assert exports["g_point"] == 1 and exports["oneshot_point"] == 1
+    assert exports["g_pruned_params_pct"] == pytest.approx(50.0, abs=0.01)
+
+
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, lobster_dir, monkeypatch):
     out = str(tmp_path / "sweep")
     config = tiny(lobster_dir, seeds=[0], methods=["random_reinit", "random_structure"])
