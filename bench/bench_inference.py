@@ -42,6 +42,8 @@ def parse_args():
     p.add_argument("--lobster-run", default="runs/lobster_lenet300_mnist")
     p.add_argument("--min-sparsity", type=float, default=90.0,
                    help="use a LOBSTER point only if it prunes at least this %% of parameters")
+    p.add_argument("--point", type=int, default=None,
+                   help="use this operating point of the LOBSTER run (default: its sparsest finished one)")
     p.add_argument("--rounds", type=int, default=40)
     p.add_argument("--seconds", type=float, default=0.05, help="target time per variant per round")
     p.add_argument("--fallback-epochs", type=int, default=3, help="dense epochs of the fallback model")
@@ -51,12 +53,13 @@ def parse_args():
     return p.parse_args()
 
 
-def lobster_point(run_dir, min_sparsity):
+def lobster_point(run_dir, min_sparsity, point=None):
     from kerasprune.lobster import load_operating_point, read_operating_points
 
     if not os.path.isfile(os.path.join(run_dir, "operating_points.csv")):
         return None, None
-    rows = [r for r in read_operating_points(run_dir) if r["pruned_params_pct"] >= min_sparsity]
+    rows = [r for r in read_operating_points(run_dir) if r["pruned_params_pct"] >= min_sparsity
+            and (point is None or r["point"] == point)]
     if not rows:
         return None, None
     best = max(rows, key=lambda r: r["pruned_params_pct"])
@@ -173,7 +176,7 @@ def main():
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     splits = data.load("mnist", batch_size=100, eval_batch_size=1000)
-    dense, found = lobster_point(args.lobster_run, args.min_sparsity)
+    dense, found = lobster_point(args.lobster_run, args.min_sparsity, args.point)
     if found is None:
         dense, found = fallback_models(splits, args.fallback_epochs)
     pruned, source = found
