@@ -133,9 +133,8 @@ def ensure_lobster(config, out, verbose="auto"):
     unknown = set(config.lobster) - fields
     if unknown:
         raise KerasPruneError(f"[lobster] has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(fields))}")
-    shared = dict(config.settings(), seed=config.seeds[0])
-    kwargs = dict(shared)
-    kwargs.update(config.lobster)
+    # The sweep's shared settings and first seed, then the [lobster] table's overrides.
+    kwargs = {**config.settings(), "seed": config.seeds[0], **config.lobster}
     with file_lock(lobster_dir + ".lock"):
         print(f"[sweep] LOBSTER run {lobster_dir} (its operating points drive the sweep)", flush=True)
         lobster.run(lobster.LobsterConfig(**kwargs), lobster_dir, verbose=verbose)
