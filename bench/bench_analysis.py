@@ -37,13 +37,19 @@ def timed(fn):
 
 
 def interleaved(a, b, rounds):
-    """Median over rounds of time(a), time(b) and time(b)/time(a); both warmed up first."""
+    """Median over rounds of time(a), time(b) and time(b)/time(a); both warmed up first. The order
+    alternates between rounds, so neither contender always runs right after the other."""
     a(), b()
     ta, tb = [], []
-    for _ in range(rounds):
-        ta.append(timed(a))
-        tb.append(timed(b))
+    for r in range(rounds):
+        if r % 2:
+            tb.append(timed(b))
+            ta.append(timed(a))
+        else:
+            ta.append(timed(a))
+            tb.append(timed(b))
     ratios = np.array(tb) / np.array(ta)
+    print(f"    per round: {', '.join(f'{x:.3f}/{y:.3f}' for x, y in zip(ta, tb))} s", flush=True)
     return float(np.median(ta)), float(np.median(tb)), float(np.median(ratios))
 
 
