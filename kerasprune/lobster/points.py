@@ -103,25 +103,29 @@ def load_operating_point(run_dir, point):
 
 
 def plot_progression(run_dir, rows, title=""):
-    """``progression.png``: validation/test error and pruned neurons vs % pruned parameters."""
+    """``progression.png``: validation/test error and pruned neurons vs % pruned parameters.
+
+    The x axis is logarithmic in the parameters that remain (labelled as % pruned), so the levels
+    between 90% and 99%, where LOBSTER spends most of its epochs, are spread out and readable.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = sorted(rows, key=lambda r: r["pruned_params_pct"])
-    x = [r["pruned_params_pct"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    remaining = [max(100.0 - r["pruned_params_pct"], 1e-3) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("val_error", "validation"), ("test_error", "test")):
-        ax1.plot(x, [100 * _nan(r[key]) for r in rows], marker="o", label=label)
-    ax1.set_xlabel("pruned parameters [%]")
+        ax1.plot(remaining, [100 * _nan(r[key]) for r in rows], marker="o", markersize=3, linewidth=0.8,
+                 label=label)
     ax1.set_ylabel("error [%]")
     ax1.legend()
-    ax1.grid(alpha=0.3)
-    ax2.plot(x, [_nan(r["pruned_neurons_pct"]) for r in rows], marker="o", color="C2")
-    ax2.set_xlabel("pruned parameters [%]")
+    ax2.plot(remaining, [_nan(r["pruned_neurons_pct"]) for r in rows], marker="o", markersize=3,
+             linewidth=0.8, color="C2")
     ax2.set_ylabel("pruned neurons [%]")
-    ax2.grid(alpha=0.3)
+    for ax in (ax1, ax2):
+        _pruned_axis(ax, min(remaining))
     fig.suptitle(title)
     fig.tight_layout()
     path = os.path.join(run_dir, PLOT)
@@ -130,6 +134,18 @@ def plot_progression(run_dir, rows, title=""):
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def _pruned_axis(ax, smallest_remaining):
+    """Log axis of remaining parameters, inverted and labelled as % pruned."""
+    ax.set_xscale("log")
+    ticks = [r for r in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1) if r >= smallest_remaining / 1.5]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{100 - r:g}" for r in ticks])
+    ax.minorticks_off()
+    ax.set_xlim(110, min(ticks[-1], smallest_remaining) / 1.2)
+    ax.set_xlabel("pruned parameters [%] (log scale of the remaining ones)")
+    ax.grid(alpha=0.3)
 
 
 def _nan(value):
