@@ -41,13 +41,10 @@ def interleaved(a, b, rounds):
     alternates between rounds, so neither contender always runs right after the other."""
     a(), b()
     ta, tb = [], []
+    pair = [(a, ta), (b, tb)]
     for r in range(rounds):
-        if r % 2:
-            tb.append(timed(b))
-            ta.append(timed(a))
-        else:
-            ta.append(timed(a))
-            tb.append(timed(b))
+        for fn, times in (pair if r % 2 == 0 else pair[::-1]):
+            times.append(timed(fn))
     ratios = np.array(tb) / np.array(ta)
     print(f"    per round: {', '.join(f'{x:.3f}/{y:.3f}' for x, y in zip(ta, tb))} s", flush=True)
     return float(np.median(ta)), float(np.median(tb)), float(np.median(ratios))

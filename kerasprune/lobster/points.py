@@ -125,7 +125,7 @@ def plot_progression(run_dir, rows, title=""):
              linewidth=0.8, color="C2")
     ax2.set_ylabel("pruned neurons [%]")
     for ax in (ax1, ax2):
-        _pruned_axis(ax, min(remaining))
+        _pruned_axis(ax, min(remaining, default=100.0))
     fig.suptitle(title)
     fig.tight_layout()
     path = os.path.join(run_dir, PLOT)
