@@ -12,9 +12,9 @@ The HVP is checked against ``kerasprune.analysis.hvp`` on the same weights befor
 
 Reading it: an exact HVP differentiates the backward pass again. Each Conv2D/MatMul of the
 gradient (forward, backprop-input, backprop-filter) is bilinear, so its derivative costs two ops of
-the same size; per layer the HVP runs about three times the gradient's convolution arithmetic. The
-table groups op time by kind; "conv/matmul ratio" is the HVP's convolution + matmul time over the
-gradient's, the part no implementation of an exact HVP can avoid.
+the same size; per layer the HVP runs about three times the gradient's convolution arithmetic. It
+prints the op time per op type and the HVP's convolution + matmul time over the gradient's: the
+part no implementation of an exact HVP can avoid.
 
 usage:
   KERASPRUNE_DATA_DIR=../shared/datasets python bench/bench_hvp_ops.py [--model lenet5] [--examples 1000]
@@ -36,8 +36,8 @@ tf1 = tf.compat.v1
 ARITHMETIC = ("Conv2D", "MatMul")  # substrings of the op types of convolutions and matmuls (oneDNN or not)
 
 
-def op_kind(op_type):
-    return "conv/matmul" if any(a in op_type for a in ARITHMETIC) else op_type
+def is_arithmetic(op_type):
+    return any(a in op_type for a in ARITHMETIC)
 
 
 def profile(session, fetches, feed, repeats):
@@ -98,11 +98,7 @@ def main():
         results = {name: profile(session, fetches, feed, args.repeats)
                    for name, fetches in (("gradient", grads), ("hvp", hvp))}
 
-    (grad_wall, grad_ops), (hvp_wall, hvp_ops) = results["gradient"], results["hvp"]
-    kinds = {name: collections.Counter() for name in results}
-    for name, (_, ops) in results.items():
-        for op_type, us in ops.items():
-            kinds[name][op_kind(op_type)] += us
+    grad_wall, hvp_wall = results["gradient"][0], results["hvp"][0]
     print(f"{args.model}, {args.examples} MNIST training images, TF {tf.__version__}, {os.cpu_count()} CPUs "
           f"(HVP checked against kerasprune.analysis.hvp)")
     print(f"wall clock, best of {args.repeats}: gradient {1e3 * grad_wall:.1f} ms, HVP {1e3 * hvp_wall:.1f} ms, "
@@ -110,7 +106,8 @@ def main():
     total = {name: sum(ops.values()) for name, (_, ops) in results.items()}
     print(f"summed op time (all threads): gradient {total['gradient'] / 1e3:.1f} ms, HVP {total['hvp'] / 1e3:.1f} ms, "
           f"ratio {total['hvp'] / total['gradient']:.2f}")
-    conv = {name: kinds[name]["conv/matmul"] for name in kinds}
+    conv = {name: sum(us for op_type, us in ops.items() if is_arithmetic(op_type))
+            for name, (_, ops) in results.items()}
     print(f"conv/matmul op time: gradient {conv['gradient'] / 1e3:.1f} ms, HVP {conv['hvp'] / 1e3:.1f} ms, "
           f"ratio {conv['hvp'] / conv['gradient']:.2f}; HVP without any other op: "
           f"{conv['hvp'] / total['gradient']:.2f}x the gradient's total op time")
