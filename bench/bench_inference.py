@@ -14,8 +14,12 @@ the result fetched as numpy:
   masked   the pruned model inside TF-MOT's PruneLowMagnitude wrappers (how it trains);
   sparse   the exported model: standard layers, zeros stored densely;
   compact  the compacted model (dead neurons removed, biases folded, dead input border cropped);
+  tf_call  a concrete function that only slices its input to the logits' shape: TensorFlow's fixed
+           cost per call (dispatch, executor, result to numpy), which every variant pays too;
 and tflite_dense / tflite_sparse / tflite_compact: the three exports converted to TFLite (float32)
 and run by the TFLite interpreter, whose per-call overhead is far smaller than TensorFlow's.
+The last table subtracts tf_call's median from the median TF times: the speed-up of the compute
+itself, which is what a lower-overhead TF runtime could show at most.
 Each round times every variant once, in rotating order, so load from other processes hits all
 alike. The table shows, per variant, the best round (the one least disturbed by other processes)
 and the median round, each with its speed-up over dense. On a shared CPU read the ratios, not the
@@ -155,6 +159,14 @@ def keras_call(model, x):
     return lambda: concrete(x).numpy()
 
 
+def fixed_cost_call(x, classes):
+    """A concrete function as cheap as TF allows with the models' input and output shapes."""
+    concrete = tf.function(lambda t: tf.reshape(t, (t.shape[0], -1))[:, :classes]).get_concrete_function(
+        tf.TensorSpec(x.shape, tf.float32))
+    x = tf.constant(x)
+    return lambda: concrete(x).numpy()
+
+
 def tflite_call(tflite_path, x, threads):
     """One TFLite interpreter invocation on ``x`` (batch resized to ``len(x)``)."""
     interpreter = tf.lite.Interpreter(model_path=tflite_path, num_threads=threads or None)
@@ -168,6 +180,13 @@ def tflite_call(tflite_path, x, threads):
         return interpreter.get_tensor(out["index"])
 
     return call
+
+
+def net_speedups(timings):
+    """Median speed-up over dense of each TF variant once the fixed per-call cost is taken off both."""
+    floor = timings["tf_call"][1]
+    dense = timings["dense"][1] - floor
+    return {k: dense / max(timings[k][1] - floor, 1e-9) for k in ("masked", "sparse", "compact")}
 
 
 def main():
@@ -200,6 +219,7 @@ def main():
     for batch in (1, 256):
         x = x_test[:batch]
         fns = {k: keras_call(m, x) for k, m in variants.items()}
+        fns["tf_call"] = fixed_cost_call(x, dense.output_shape[-1])
         fns.update({f"tflite_{k}": tflite_call(f, x, args.threads) for k, f in tflite_files.items()})
         for k in ("sparse", "compact"):  # the TFLite files compute what the models compute
             np.testing.assert_allclose(fns[f"tflite_{k}"](), fns[k](), rtol=1e-4, atol=1e-4)
@@ -226,6 +246,10 @@ def main():
             base = t["tflite_dense" if k.startswith("tflite") else "dense"]
             print(f"  {k:14s} " + "  ".join(f"{label} {1e3 * t[k][i]:8.4f} ({base[i] / t[k][i]:4.2f}x)"
                                              for i, label in enumerate(("best", "median", "cpu"))))
+    print("\nTensorFlow compute alone (median minus tf_call's median), speed-up over dense:")
+    for b, t in timings.items():
+        net = net_speedups(t)
+        print(f"  batch {b}: " + "  ".join(f"{k} {v:4.2f}x" for k, v in net.items()))
     print(f"\n({args.rounds} interleaved rounds; {args.threads or 'default'} intra-op threads; TF {tf.__version__}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end)")
     if args.out:
@@ -233,6 +257,7 @@ def main():
                   "speedup_vs_dense": {stat: {b: {k: t["tflite_dense" if k.startswith("tflite") else "dense"][i]
                                                       / t[k][i] for k in t} for b, t in timings.items()}
                                        for i, stat in enumerate(("best", "median", "cpu"))},
+                  "net_of_tf_call_speedup_median": {b: net_speedups(t) for b, t in timings.items()},
                   "threads": args.threads,
                   "sizes": {k: vars(s) for k, s in sizes.items()},
                   "units_before": plans[0].units_by_layer(), "units_after": plans[-1].units_by_layer()}
