@@ -77,6 +77,36 @@ def test_hidden_non_relu_activation_is_an_error_naming_the_layer_unless_skipped(
         analysis.psp_model(fused)
 
 
+def test_relus_called_as_tf_ops_are_found_and_opaque_lambdas_are_warned_about(mnist_arrays):
+    x, _ = mnist_arrays
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Flatten()(inputs)
+    z1 = keras.layers.Dense(8, name="fc1")(h)
+    h = tf.nn.relu(z1)  # a TFOpLambda layer
+    z2 = keras.layers.Dense(6, name="fc2")(h)
+    h = keras.layers.Lambda(tf.nn.relu, name="lambda_relu")(z2)
+    h = keras.layers.Dense(5, name="fc3")(h)
+    h = keras.layers.ReLU(name="relu3")(h)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(h))
+    sub = analysis.psp_model(model)
+    names = analysis.psp_layer_names(sub)
+    assert len(names) == 3 and names[1:] == ["lambda_relu", "relu3"]
+    _, got1, got2, _ = sub.predict(x[:20], verbose=0)
+    np.testing.assert_allclose(got1, keras.Model(inputs, z1).predict(x[:20], verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got2, keras.Model(inputs, z2).predict(x[:20], verbose=0), rtol=1e-5, atol=1e-5)
+
+    inputs = keras.Input((5,))
+    h = tf.math.sigmoid(keras.layers.Dense(4, name="fc")(inputs))
+    with pytest.raises(KerasPruneError, match="sigmoid"):
+        analysis.psp_model(keras.Model(inputs, keras.layers.Dense(2)(keras.layers.ReLU()(h))))
+
+    inputs = keras.Input((5,))
+    h = keras.layers.Lambda(lambda t: tf.nn.relu(t), name="opaque")(keras.layers.Dense(4)(inputs))
+    h = keras.layers.ReLU(name="r")(keras.layers.Dense(3)(h))
+    with pytest.warns(UserWarning, match="'opaque'"):
+        assert analysis.psp_layer_names(analysis.psp_model(keras.Model(inputs, keras.layers.Dense(2)(h)))) == ["r"]
+
+
 def test_binary_entropy_is_one_bit_at_half_and_zero_at_certainty():
     np.testing.assert_allclose(analysis.binary_entropy([0.0, 1.0, 0.5, 0.25]),
                                [0.0, 0.0, 1.0, -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))])

@@ -6,7 +6,9 @@ orthogonal to ``d1`` (Gram-Schmidt on the flattened trainable weights) and scale
 Goodfellow et al. / Li et al. Options:
 - ``filter_normalize``: before orthogonalisation, each filter of ``d2`` (a slice along the *last*
   axis of a kernel: Keras is channels-last) is rescaled to the norm of G's filter (Li et al.); 1-D
-  variables (biases, BN) get no random component, as Li et al.'s default ignores them.
+  variables (biases, BN) get no random component, as Li et al.'s default ignores them. The whole
+  ``d2`` is then scaled to ``|d1|`` as without the option, so the filters' norms are proportional
+  to G's (Li et al.'s shape), not equal to them: ``b`` is in units of ``|d1|`` either way.
 - ``support="union"``: ``d2`` is zero on prunable entries that are zero in both G and 1-S, so the
   plane stays in the union of the two sparse supports (``d1`` already is).
 Non-trainable state (batch-norm moving statistics) is not a parameter: it follows the first

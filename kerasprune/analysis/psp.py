@@ -26,6 +26,7 @@ on or always off within a class has entropy 0 there; classes absent from the dat
 proportion to their size; per-layer means are reported too.
 """
 import dataclasses
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -42,13 +43,32 @@ def _activation_name(fn):
     return getattr(fn, "__name__", type(fn).__name__)
 
 
+# Functions that, called on a Keras tensor, make a TFOpLambda (``tf.nn.relu(x)``) or that people
+# wrap in ``Lambda``: the ReLUs, and the other activations (an error, as for Activation layers).
+_RELU_FUNCTIONS = (tf.nn.relu, keras.activations.relu)
+_OTHER_ACTIVATIONS = ("sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "softsign", "swish", "silu",
+                      "relu6", "leaky_relu", "crelu", "hard_sigmoid", "exponential", "softmax",
+                      "log_softmax", "mish")
+
+
+def _op_function(layer):
+    """The function a ``TFOpLambda``/``Lambda`` layer applies, or None for other layers."""
+    if type(layer).__name__ in ("TFOpLambda", "Lambda"):
+        return getattr(layer, "function", None)
+    return None
+
+
 def _is_plain_relu(layer):
     if isinstance(layer, keras.layers.ReLU):
         return (layer.max_value is None and float(layer.negative_slope) == 0.0
                 and float(layer.threshold) == 0.0)
     if isinstance(layer, keras.layers.Activation):
         return _activation_name(layer.activation) == "relu"
-    return False
+    fn = _op_function(layer)
+    # Lambda(..., arguments={...}) or keyword arguments of a TFOpLambda could change the ReLU
+    # (alpha, max_value, threshold), so only the bare call counts.
+    return (fn is not None and any(fn is f for f in _RELU_FUNCTIONS) and not getattr(layer, "arguments", None)
+            and all(not node.call_kwargs or set(node.call_kwargs) <= {"name"} for node in layer._inbound_nodes))
 
 
 def relu_layers(model, skip_non_relu=False):
@@ -63,7 +83,7 @@ def relu_layers(model, skip_non_relu=False):
         raise KerasPruneError(f"model {model.name!r} is subclassed; PSPs need a functional or "
                               "Sequential model (a graph whose ReLU inputs are tensors)")
     outputs = {id(t) for t in model.outputs}
-    found = []
+    found, opaque = [], []
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             raise KerasPruneError(f"layer {layer.name!r} is a nested model; build the model as one flat "
@@ -75,17 +95,27 @@ def relu_layers(model, skip_non_relu=False):
                         for t in tf.nest.flatten(node.output_tensors))
         fused = getattr(layer, "activation", None)
         kind = type(layer).__name__
+        op = _op_function(layer)
+        if op is not None:
+            fused = op if _activation_name(op) in _OTHER_ACTIVATIONS or any(op is f for f in _RELU_FUNCTIONS) else None
+            if fused is None and kind == "Lambda":
+                opaque.append(layer.name)
         non_relu = (kind in _ACTIVATION_LAYERS or
                     (fused is not None and _activation_name(fused) not in _LINEAR))
         if non_relu and not is_output and not skip_non_relu:
             what = _activation_name(fused) if fused is not None else kind
             hint = (" fused into the layer (keep ReLU as its own layer)"
-                    if not isinstance(layer, keras.layers.Activation) and fused is not None else "")
+                    if not isinstance(layer, keras.layers.Activation) and fused is not None and op is None
+                    else "")
             raise KerasPruneError(f"layer {layer.name!r} ({kind}) has a non-ReLU or fused activation "
                                   f"{what!r}{hint}; PSP analysis needs separate ReLU layers "
                                   "(pass skip_non_relu=True to ignore such layers)")
     if not found:
         raise KerasPruneError(f"model {model.name!r} has no ReLU layer: nothing to analyse")
+    if opaque:
+        warnings.warn(f"PSP analysis cannot see inside the Lambda layers {opaque} of model {model.name!r}: "
+                      "a ReLU applied there is not analysed (use a ReLU layer or tf.nn.relu directly)",
+                      stacklevel=3)
     return found
 
 

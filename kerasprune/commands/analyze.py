@@ -75,7 +75,10 @@ def add_arguments(parser):
     m.add_argument("--filter-normalize", action="store_true",
                    help="filter-normalise the random direction (Li et al.)")
     m.add_argument("--support", choices=("all", "union"), default="all",
-                   help="union: random direction only on weights nonzero in G or 1-S")
+                   help="where the random direction may be nonzero. all (default): every weight, so "
+                        "points off the G-1-S line revive pruned weights and dead neurons; union: only "
+                        "weights nonzero in G or 1-S, the reading to use for pruned models "
+                        "(docs/analysis.md)")
     m.add_argument("--grid-train-examples", type=int, default=None,
                    help="training examples for loss and PSP maps (default 5000; --quick 500)")
     m.add_argument("--grid-test-examples", type=int, default=None,
