@@ -105,6 +105,7 @@ class CompactionPlan:
 def plan(model):
     """The :class:`CompactionPlan` of a plain (unwrapped) model: which units go and why."""
     _require_plain(model)
+    model = _own_graph(model)
     layers = [l for l in model.layers if _compactable(l)]
     plans = {l.name: _link(model, l) for l in layers}
     # Backwards, so a unit's outgoing weights are judged against the units the successor keeps.
@@ -139,7 +140,7 @@ def compact(model, max_passes=10, return_plans=False):
     """
     from kerasprune import export
 
-    model = export.strip(model) if export.has_wrappers(model) else model
+    model = export.strip(model) if export.has_wrappers(model) else _own_graph(model)
     plans = []
     for _ in range(max_passes):
         plans.append(plan(model))
@@ -158,6 +159,7 @@ def crop_input(model):
     ``Cropping2D`` layer (named ``<input>_crop``) removes them before the Flatten, shrinking the first
     kernel. The input signature is unchanged. Returns ``(model, None)`` when nothing can be cropped.
     """
+    model = _own_graph(model)
     chain = _linear_chain(model)
     if chain is None or len(chain) < 2 or len(model.inputs[0].shape) != 4:
         return model, None
@@ -190,6 +192,18 @@ def crop_input(model):
         if layer.weights:
             layers[layer.name].set_weights(layer.get_weights())
     return cropped, crop
+
+
+def _own_graph(model):
+    """``model``, or a copy with the same weights if some of its layers are also called in another
+    model (TF-MOT's ``strip_pruning`` reuses the wrapped model's ReLU/Flatten layers): the walks
+    below follow a layer's calls and outputs, which must be this model's only."""
+    if not sparsity.shares_layers(model):
+        return model
+    with model.distribute_strategy.scope():
+        copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _linear_chain(model):

@@ -102,8 +102,9 @@ def report(model, kinds=DEFAULT_KINDS):
 def pruned_neurons(model):
     """``{layer_name: bool array over output units}`` for every hidden Dense/Conv layer."""
     layers = [l for l in all_layers(model) if isinstance(unwrap(l), DENSE_CONV)]
-    successors = {l.name: _successor(l) for l in layers}
-    hidden = [l for l in layers if _reaches_any(l, layers)]
+    nodes = graph_nodes(model)
+    successors = {l.name: _successor(l, nodes) for l in layers}
+    hidden = [l for l in layers if _reaches_any(l, layers, nodes)]
     kernels = {l.name: unwrap(l).kernel.numpy() for l in layers}
     incoming_dead = {l.name: ~np.any(kernels[l.name].reshape(-1, kernels[l.name].shape[-1]) != 0, axis=0)
                      for l in hidden}
@@ -133,19 +134,57 @@ def all_layers(model):
             yield layer
 
 
-def _consumers(layer):
-    return [node.outbound_layer for node in layer._outbound_nodes]
+def graph_nodes(model):
+    """The keys of the nodes (layer calls) of ``model``'s own graph, nested models' included, or
+    None for a model without a graph (subclassed).
+
+    A layer object can belong to several models: TF-MOT's ``strip_pruning`` reuses the wrapped
+    model's ReLU and Flatten layers, so those have one call in each model. Walks of the graph must
+    follow only this model's calls, or every such layer looks like a branch."""
+    if not getattr(model, "_is_graph_network", False):
+        return None
+    keys = set(model._network_nodes)
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            nested = graph_nodes(layer)
+            if nested is None:
+                return None
+            keys |= nested
+    return keys
 
 
-def _successor(layer):
+def _in_graph(node, nodes):
+    return nodes is None or f"{node.layer.name}_ib-{node.layer._inbound_nodes.index(node)}" in nodes
+
+
+def consumers(layer, nodes=None):
+    """The layers that take ``layer``'s output, in the graph whose :func:`graph_nodes` are ``nodes``
+    (None: in every model the layer belongs to)."""
+    return [node.outbound_layer for node in layer._outbound_nodes if _in_graph(node, nodes)]
+
+
+def calls(layer, nodes=None):
+    """How many times ``layer`` is called in the graph whose :func:`graph_nodes` are ``nodes``."""
+    return sum(_in_graph(node, nodes) for node in layer._inbound_nodes)
+
+
+def shares_layers(model):
+    """True if a layer of ``model`` is also called in another model's graph (as after TF-MOT's
+    ``strip_pruning``): such a layer has more than one input and output, so code that reads
+    ``layer.output`` or counts its calls needs a copy of the model (``clone_model``) instead."""
+    nodes = graph_nodes(model)
+    return nodes is not None and any(calls(l) != calls(l, nodes) for l in all_layers(model))
+
+
+def _successor(layer, nodes=None):
     """The next Dense/Conv layer if this layer's output feeds exactly one, through channel-preserving
     layers only; else None."""
     current = layer
     while True:
-        consumers = _consumers(current)
-        if len(consumers) != 1:
+        following = consumers(current, nodes)
+        if len(following) != 1:
             return None
-        current = consumers[0]
+        current = following[0]
         inner = unwrap(current)
         if isinstance(inner, DENSE_CONV):
             return current
@@ -153,10 +192,10 @@ def _successor(layer):
             return None
 
 
-def _reaches_any(layer, candidates):
+def _reaches_any(layer, candidates, nodes=None):
     """True if some Dense/Conv layer lies downstream of ``layer`` (so ``layer`` is hidden)."""
     names = {c.name for c in candidates}
-    seen, stack = set(), _consumers(layer)
+    seen, stack = set(), consumers(layer, nodes)
     while stack:
         current = stack.pop()
         if current.name in seen:
@@ -164,5 +203,5 @@ def _reaches_any(layer, candidates):
         seen.add(current.name)
         if current.name in names:
             return True
-        stack += _consumers(current)
+        stack += consumers(current, nodes)
     return False

@@ -183,6 +183,26 @@ def test_tfmot_wrapped_model_is_stripped_with_masks_folded_before_compaction(mni
     assert_same_outputs(reference, small, mnist_images)
 
 
+def test_models_from_tfmot_strip_pruning_count_and_compact_like_plain_ones(mnist_images):
+    # strip_pruning reuses the wrapped model's ReLU and Flatten layers, so they are called in two
+    # graphs; counting and compaction must follow the stripped model's own graph.
+    def edit(w1, b1, w2, b2):
+        w2[[0, 2], :] = 0  # fc1 units 0 and 2 are dead by their outgoing weights only
+        w1[:, 5] = 0  # fc1 unit 5 by its incoming weights
+
+    model = tiny_lenet300(edit)
+    assert not sparsity.shares_layers(model)
+    stripped = tfmot().sparsity.keras.strip_pruning(tfmot().sparsity.keras.prune_low_magnitude(model))
+    assert sparsity.shares_layers(stripped) and sparsity.shares_layers(model)  # the wrapping shares too
+    expected = [True, False, True, False, False, True, False, False]
+    np.testing.assert_array_equal(sparsity.pruned_neurons(model)["fc1"], expected)
+    np.testing.assert_array_equal(sparsity.pruned_neurons(stripped)["fc1"], expected)
+    assert sparsity.report(stripped).pruned_neurons == sparsity.report(model).pruned_neurons == 3
+    small = compaction.compact(stripped)
+    assert units(small)["fc1"] == 5
+    assert_same_outputs(model, small, mnist_images)
+
+
 def resnet8(seed=0):
     """ResNet-8 (one block per stage) with non-trivial BatchNorm statistics."""
     model = models.build("resnet32", input_shape=(32, 32, 3), blocks_per_stage=1, seed=seed)
