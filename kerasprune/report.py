@@ -74,14 +74,18 @@ def figure1(rows, path, title=None):
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_ylabel("Classification error (%)")
-    ax.set_xticks(range(len(points)))
-    ax.set_xticklabels([_pct(lobster, p, "pruned_params_pct") for p in points])
+    # Every point gets a minor tick; labels only where they fit, the baselines' points first.
+    labelled = _labelled(len(points), [x_of[p] for k in keys if k[0] != "lobster" for p in stats[k]])
+    ax.set_xticks(range(len(points)), minor=True)
+    ax.set_xticks(labelled)
+    ax.set_xticklabels([_pct(lobster, points[i], "pruned_params_pct") for i in labelled])
     ax.set_xlabel("Pruned parameters (%)")
     ax.set_xlim(-0.3, len(points) - 0.7)
     top = ax.twiny()
     top.set_xlim(ax.get_xlim())
-    top.set_xticks(range(len(points)))
-    top.set_xticklabels([_pct(lobster, p, "pruned_neurons_pct") for p in points])
+    top.set_xticks(range(len(points)), minor=True)
+    top.set_xticks(labelled)
+    top.set_xticklabels([_pct(lobster, points[i], "pruned_neurons_pct") for i in labelled])
     top.set_xlabel("Pruned neurons (%) of LOBSTER")
     ax.grid(True, which="major", alpha=0.3)
     # Outside the axes: with eight methods any spot inside hides some curve.
@@ -96,6 +100,20 @@ def figure1(rows, path, title=None):
 
     os.replace(tmp, path)
     return path
+
+
+def _labelled(n, preferred, max_labels=12):
+    """Indices of at most about ``max_labels`` of ``n`` evenly spaced ticks that get a label, at
+    least ``n / max_labels`` apart: ``preferred`` ones first, then the last, the first and a regular
+    grid, so the labels of a 100-level LOBSTER run do not overprint each other."""
+    if n <= max_labels:
+        return list(range(n))
+    gap = n / max_labels
+    chosen = []
+    for i in sorted(set(preferred)) + [n - 1, 0] + [int(round(k * gap)) for k in range(max_labels)]:
+        if 0 <= i < n and all(abs(i - j) >= gap for j in chosen):
+            chosen.append(i)
+    return sorted(chosen)
 
 
 def _pct(lobster, point, column):

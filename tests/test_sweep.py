@@ -242,6 +242,13 @@ def test_figure1_plots_mean_over_seeds_on_a_log_axis(tmp_path):
     assert os.path.getsize(path) > 5_000
 
 
+def test_figure1_labels_at_most_about_twelve_points_and_always_the_baselines_point():
+    assert report._labelled(6, [3]) == list(range(6))
+    got = report._labelled(116, [64, 65])
+    assert 64 in got and 0 in got and 115 in got and len(got) <= 13
+    assert min(b - a for a, b in zip(got, got[1:])) >= 116 / 12
+
+
 def test_sweep_runs_lobster_with_its_settings_when_points_are_missing(tmp_path, monkeypatch, lobster_dir):
     from kerasprune import lobster
 
