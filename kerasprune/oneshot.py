@@ -327,11 +327,17 @@ def imp_levels(targets_pct, total, kernels, rate=0.2):
     """The kernel-pruned counts of an IMP chain: rounds pruning ``rate`` of the kept kernels, with
     each target (a % of all prunable parameters) inserted as an exact level. Returns a sorted list of
     ``(n_pruned, target_pct or None)``."""
+    if not 0 < rate < 1:
+        raise KerasPruneError(f"the IMP rate must be in (0, 1), got {rate}")
     targets = {int(round(p / 100.0 * total)): p for p in targets_pct}
     top = max(targets)
+    if top >= kernels:
+        raise KerasPruneError(f"{targets[top]:.2f}% of {total} parameters is more than all {kernels} "
+                              "kernel entries")
     levels, kept = set(targets), kernels
     while True:
-        kept = int(round(kept * (1 - rate)))
+        # At least one more kernel per round: round(2 * 0.8) == 2 would otherwise never end.
+        kept = min(kept - 1, int(round(kept * (1 - rate))))
         if kernels - kept >= top:
             break
         levels.add(kernels - kept)

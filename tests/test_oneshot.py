@@ -5,6 +5,7 @@ import pytest
 
 from kerasprune import _tfmot, oneshot, sparsity, training
 from kerasprune._keras import keras, tf
+from kerasprune.errors import KerasPruneError
 
 
 def small(**kw):
@@ -116,6 +117,16 @@ def test_imp_levels_prune_20_percent_of_kept_kernels_and_hit_targets_exactly():
     # 1000 kernels + 10 other parameters; targets are % of all 1010 prunable parameters.
     levels = oneshot.imp_levels([50.0, 60.0], total=1010, kernels=1000, rate=0.2)
     assert levels == [(200, None), (360, None), (488, None), (505, 50.0), (590, None), (606, 60.0)]
+
+
+def test_imp_levels_end_near_all_kernels_pruned_and_refuse_impossible_targets():
+    # 10 kernels + 2 biases; 8 of 12 = 66.7%: from 2 kept, round(2 * 0.8) == 2 must not stall.
+    levels = oneshot.imp_levels([100 * 9 / 12], total=12, kernels=10, rate=0.2)
+    assert levels == [(2, None), (4, None), (5, None), (6, None), (7, None), (8, None), (9, 75.0)]
+    with pytest.raises(KerasPruneError, match="more than all 10 kernel entries"):
+        oneshot.imp_levels([90.0], total=12, kernels=10)
+    with pytest.raises(KerasPruneError, match="rate"):
+        oneshot.imp_levels([50.0], total=12, kernels=10, rate=1.0)
 
 
 def test_kernel_target_turns_a_percentage_of_all_parameters_into_kernel_entries():
