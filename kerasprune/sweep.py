@@ -120,6 +120,7 @@ def ensure_lobster(config, out, verbose="auto"):
     if config.lobster_dir:
         if not os.path.isfile(os.path.join(config.lobster_dir, "operating_points.csv")):
             raise KerasPruneError(f"lobster_dir {config.lobster_dir!r} has no operating_points.csv")
+        _check_same_setup(config, config.lobster_dir)
         return config.lobster_dir
     lobster_dir = os.path.join(out, "lobster")
     try:
@@ -203,6 +204,12 @@ def run(config, out, verbose="auto"):
                             row["pruned_params_pct"], os.path.relpath(lobster_dir, out)))
     points = [p for p in all_points
               if (p["point"] in config.points if config.points is not None else p["pruned_params_pct"] > 0)]
+    missing = sorted(set(config.points or ()) - {p["point"] for p in all_points})
+    if missing:
+        raise KerasPruneError(f"points {missing} are not finished operating points of {lobster_dir} "
+                              f"(it has {all_points[0]['point'] if all_points else '-'}.."
+                              f"{all_points[-1]['point'] if all_points else '-'}); if LOBSTER is still "
+                              "running, rerun the sweep once it has finished them")
     if not points:
         raise KerasPruneError(f"{lobster_dir} has no finished operating point to run (selected: "
                               f"{config.points or 'all with sparsity > 0'}); if LOBSTER is still running, "
@@ -223,6 +230,25 @@ def run(config, out, verbose="auto"):
             export_solutions(config, out, lobster_dir, points, results.read(table.path))
     print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, 'figure1.png')}")
     return rows
+
+
+# The settings a LOBSTER run must share with the sweep for its masks and initial weights to mean
+# anything there: same network, same data, same validation split.
+SAME_SETUP = ("model", "dataset", "split_seed", "val_fraction")
+
+
+def _check_same_setup(config, lobster_dir):
+    path = os.path.join(lobster_dir, "config.json")
+    if not os.path.isfile(path):  # made by hand or by an older version: nothing to compare
+        return
+    with open(path) as f:
+        theirs = json.load(f)
+    ours = config.settings()
+    wrong = [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in SAME_SETUP
+             if k in theirs and theirs[k] != ours[k]]
+    if wrong:
+        raise KerasPruneError(f"lobster_dir {lobster_dir!r} was run with other settings than this sweep "
+                              f"({'; '.join(wrong)})")
 
 
 def _lobster_seed(lobster_dir, config):

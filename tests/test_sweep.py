@@ -205,6 +205,13 @@ def test_sweep_of_chosen_points_exports_g_and_1s_at_the_sparsest_chosen_point(tm
     assert exports["g_pruned_params_pct"] == pytest.approx(50.0, abs=0.01)
 
 
+def test_sweep_refuses_a_lobster_dir_of_another_setup_and_points_it_does_not_have(tmp_path, lobster_dir):
+    with pytest.raises(KerasPruneError, match="dataset: 'mnist' there, 'fashion_mnist' here"):
+        sweep.run(tiny(lobster_dir, dataset="fashion_mnist"), str(tmp_path / "a"), verbose=0)
+    with pytest.raises(KerasPruneError, match=r"points \[7\] are not finished"):
+        sweep.run(tiny(lobster_dir, points=[1, 7]), str(tmp_path / "b"), verbose=0)
+
+
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, lobster_dir, monkeypatch):
     out = str(tmp_path / "sweep")
     config = tiny(lobster_dir, seeds=[0], methods=["random_reinit", "random_structure"])
