@@ -135,10 +135,13 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
 
     history_path = paths.run_file(run_dir, paths.HISTORY)
     callbacks = [LearningRateLogger(), StopOnNaN()]
-    if backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
+    # The history row before the backup: a kill between the two then repeats the epoch (its row
+    # comes twice; read_history keeps the last) instead of losing its row, which would leave the
+    # run one epoch short forever.
     if is_chief():
         callbacks.append(keras.callbacks.CSVLogger(history_path, append=True))
+    if backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
     # TensorBoard and ModelCheckpoint run on every worker of a multi-worker run: they change the
     # traced train step (summaries) or save collectively, so a chief-only copy deadlocks the
     # collectives. Keras sends a non-chief's writes to a temporary folder it deletes afterwards.
@@ -154,12 +157,18 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
 
 
 def read_history(run_dir):
-    """The rows of ``history.csv`` (one per finished epoch), as dicts of floats."""
+    """The rows of ``history.csv``, one per finished epoch in epoch order, as dicts of floats.
+
+    An epoch repeated after a kill (see :func:`run_callbacks`) appears once, with its last row."""
     path = paths.run_file(run_dir, paths.HISTORY)
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    if not all("epoch" in r for r in rows):
+        return rows
+    last = {int(r["epoch"]): r for r in rows}
+    return [last[e] for e in sorted(last)]
 
 
 def best_in_history(history_path, monitor):
