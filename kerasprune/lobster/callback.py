@@ -144,7 +144,11 @@ class LobsterPruning(keras.callbacks.Callback):
 
         def loss_at(threshold):
             for var, value in zip(self._vars, originals):
-                var.assign(np.where(np.abs(value) < threshold, np.zeros_like(value), value))
+                # float64, as prune_below compares: NumPy 2 would compare a float32 array with a
+                # Python float in float32, and a threshold that rounds onto a magnitude would
+                # then keep here what prune_below cuts.
+                cut = np.abs(value).astype(np.float64) < threshold
+                var.assign(np.where(cut, np.zeros_like(value), value))
             return self._evaluate(self.validation_data)["loss"]
 
         try:

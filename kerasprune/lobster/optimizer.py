@@ -79,7 +79,8 @@ class Lobster(keras.optimizers.Optimizer):
                                       trainable=False)
         self._variables.append(self._lmbda)
         # The pruning schedule's state lives here too, so one checkpoint (BackupAndRestore)
-        # restores masks, best weights and schedule together: a resumed run continues exactly.
+        # restores masks, best weights and schedule together: a resumed run continues where it
+        # was (only the data order differs: the shuffle restarts from its seed's first epoch).
         self.threshold = self._scalar("threshold", 0.0)  # last pruning threshold T
         self.level = self._scalar("level", 0, tf.int64)  # number of prunings done
         self.best_loss = self._scalar("best_loss", math.inf)  # best val loss since last pruning
