@@ -107,6 +107,13 @@ def test_relus_called_as_tf_ops_are_found_and_opaque_lambdas_are_warned_about(mn
         assert analysis.psp_layer_names(analysis.psp_model(keras.Model(inputs, keras.layers.Dense(2)(h)))) == ["r"]
 
 
+def test_statistics_warn_about_classes_without_examples(mnist_arrays):
+    x, y = mnist_arrays
+    keep = y != 3
+    with pytest.warns(UserWarning, match=r"classes \[3\] have no example"):
+        analysis.psp_statistics(small_convnet(), batches(x[keep], y[keep], 100))
+
+
 def test_binary_entropy_is_one_bit_at_half_and_zero_at_certainty():
     np.testing.assert_allclose(analysis.binary_entropy([0.0, 1.0, 0.5, 0.25]),
                                [0.0, 0.0, 1.0, -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))])

@@ -260,6 +260,11 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
             totals[key] = totals[key] + value if key in totals else value.astype(np.float64)
     if not totals:
         raise KerasPruneError("the dataset is empty: no PSP statistics")
+    absent = np.flatnonzero(totals["class"] == 0)
+    if absent.size:  # the entropies sum over classes: fewer classes, smaller entropies
+        warnings.warn(f"classes {absent.tolist()} have no example in the PSP data; the PSP-entropies "
+                      "sum over the other classes only, so they do not compare with values over all "
+                      f"{num_classes} classes", stacklevel=2)
     return PSPStats(
         layers=names, unit_shapes=shapes, class_counts=totals["class"],
         sum_sq={n: float(totals[f"sq{i}"]) for i, n in enumerate(names)},
