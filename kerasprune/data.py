@@ -118,7 +118,8 @@ def load(name, data_dir=None, batch_size=100, val_fraction=0.1, split_seed=0, sh
       split_seed: seed of the train/validation split.
       shuffle_seed: seed of the per-epoch shuffle of the training pipeline.
       augment: random crop + flip on training batches; default: the dataset's paper setting.
-      max_train_examples / max_test_examples: keep only the first N examples (for quick runs).
+      max_train_examples / max_test_examples: keep only the first N examples (for quick runs;
+        every source is in a class-mixed order, so these hold every class).
       eval_batch_size: batch size of validation and test pipelines (default: ``batch_size``).
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -309,15 +310,26 @@ def _read_image_tree(root):
     cached = os.path.join(cache_dir(), "image_trees", f"{key}.npz")
     if os.path.isfile(cached):
         with np.load(cached) as z:
-            return (z["x_train"], y_tr), (z["x_test"], y_te), classes
-    x_tr, x_te = _decode_all(train_files), _decode_all(test_files)
-    if len(test_files) and x_te.shape[1:] != x_tr.shape[1:]:
-        raise KerasPruneError(f"test images are {x_te.shape[1:]}, train images {x_tr.shape[1:]}")
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    tmp = cached + f".{os.getpid()}.tmp.npz"
-    np.savez(tmp, x_train=x_tr, x_test=x_te)
-    os.replace(tmp, cached)
-    return (x_tr, y_tr), (x_te, y_te), classes
+            x_tr, x_te = z["x_train"], z["x_test"]
+    else:
+        x_tr, x_te = _decode_all(train_files), _decode_all(test_files)
+        if len(test_files) and x_te.shape[1:] != x_tr.shape[1:]:
+            raise KerasPruneError(f"test images are {x_te.shape[1:]}, train images {x_tr.shape[1:]}")
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        tmp = cached + f".{os.getpid()}.tmp.npz"
+        np.savez(tmp, x_train=x_tr, x_test=x_te)
+        os.replace(tmp, cached)
+    return _mixed(x_tr, y_tr), _mixed(x_te, y_te), classes
+
+
+# A tree is read class by class; this fixed order mixes the classes, as TFDS's files are, so that
+# the first N examples (--max-train-examples, --max-test-examples, quick maps) hold every class.
+IMAGE_TREE_ORDER_SEED = 0
+
+
+def _mixed(x, y):
+    order = np.random.default_rng(IMAGE_TREE_ORDER_SEED).permutation(len(y))
+    return x[order], y[order]
 
 
 def _decode_all(files):

@@ -50,6 +50,13 @@ def test_cifar10_jpeg_tree_loads_with_counts_and_channel_statistics():
     np.testing.assert_allclose(mean, data.DATASETS["cifar10"].mean, atol=2e-3)
 
 
+def test_first_examples_of_the_class_ordered_jpeg_copy_hold_every_class():
+    splits = data.load("cifar10", batch_size=100, max_train_examples=1000, max_test_examples=100)
+    for part in (splits.train, splits.validation, splits.test):
+        labels = np.concatenate([y.numpy() for _, y in part])
+        assert len(set(labels.tolist())) == 10
+
+
 def test_cifar10_training_batches_are_augmented_and_evaluation_batches_are_not():
     splits = data.load("cifar10", batch_size=64, max_train_examples=64, val_fraction=0.0,
                        max_test_examples=64)
