@@ -136,7 +136,8 @@ def compact(model, max_passes=10, return_plans=False):
     ``model`` may hold TF-MOT pruning wrappers (they are stripped and their masks folded in first).
     Compaction repeats until nothing is removable: folding a removed unit's constant can leave a
     next-layer unit with no incoming weights, removable in turn. With ``return_plans`` it returns
-    ``(model, [CompactionPlan of each pass])``; the last plan removes nothing.
+    ``(model, [CompactionPlan of each pass])``; the last plan describes the returned model's units
+    and removes nothing unless ``max_passes`` ran out.
     """
     from kerasprune import export
 
@@ -147,6 +148,8 @@ def compact(model, max_passes=10, return_plans=False):
         if plans[-1].removed == 0:
             break
         model = _compact_once(model, plans[-1])
+    else:  # out of passes: the last plan was applied, so plan the result (its units are what is left)
+        plans.append(plan(model))
     model, plans[-1].input_crop = crop_input(model)
     return (model, plans) if return_plans else model
 

@@ -11,6 +11,7 @@ gzip-compressed bytes (TF-MOT's way of showing what sparsity buys: zeros compres
 """
 import dataclasses
 import io
+import math
 import os
 import tarfile
 from typing import Optional
@@ -168,15 +169,21 @@ def run_sources(run_dir, points="all", weights=()):
     sources = []
     csv_path = os.path.join(run_dir, LOBSTER_POINTS)
     if os.path.isfile(csv_path):
-        rows = read_operating_points(run_dir)
+        # The level LOBSTER is still in has no test error yet, and its weights file is rewritten
+        # at each better epoch: not an operating point to export (a later run would skip it).
+        rows = [r for r in read_operating_points(run_dir) if not math.isnan(r["test_error"])]
         if points == "last":
             rows = rows[-1:]
         elif points != "all":
-            wanted = {int(p) for p in str(points).split(",")}
+            try:
+                wanted = {int(p) for p in str(points).split(",")}
+            except ValueError:
+                raise KerasPruneError(f"points must be all, last or comma-separated point numbers, "
+                                      f"got {points!r}") from None
             missing = wanted - {r["point"] for r in rows}
             if missing:
-                raise KerasPruneError(f"{csv_path} has no operating point {sorted(missing)}; it has "
-                                      f"{[r['point'] for r in rows]}")
+                raise KerasPruneError(f"{csv_path} has no finished operating point {sorted(missing)}; it "
+                                      f"has {[r['point'] for r in rows]}")
             rows = [r for r in rows if r["point"] in wanted]
         sources += [Source(f"point_{r['point']:03d}", os.path.join(run_dir, r["weights"]), r["point"])
                     for r in rows]
@@ -191,8 +198,12 @@ def run_sources(run_dir, points="all", weights=()):
             tag = tag[: -len(suffix)] if tag.endswith(suffix) else tag
         sources.append(Source(tag, w))
     if not sources:
-        raise KerasPruneError(f"{run_dir} has no {LOBSTER_POINTS}, {ONESHOT_FINAL} or {paths.BEST_WEIGHTS}, "
-                              "and no --weights were given: nothing to export")
+        raise KerasPruneError(f"{run_dir} has no finished point in {LOBSTER_POINTS}, no {ONESHOT_FINAL} or "
+                              f"{paths.BEST_WEIGHTS}, and no --weights were given: nothing to export")
+    tags = [s.tag for s in sources]
+    twice = sorted({t for t in tags if tags.count(t) > 1})
+    if twice:  # the second would find the first's report and be skipped
+        raise KerasPruneError(f"two models to export have the same tag {twice}: rename a --weights file")
     return sources
 
 

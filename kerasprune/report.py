@@ -30,7 +30,9 @@ def summarize(rows):
         groups[(r["method"], r.get("variant") or "")][int(r["point"])].append(100.0 * float(r["test_error"]))
     out = {}
     for key, by_point in groups.items():
-        out[key] = {p: (float(np.mean(v)), float(np.std(v)), float(np.min(v)), float(np.max(v)), len(v))
+        # Sample standard deviation (n - 1): the seeds are a sample of the method's outcomes.
+        out[key] = {p: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                        float(np.min(v)), float(np.max(v)), len(v))
                     for p, v in sorted(by_point.items())}
     return out
 

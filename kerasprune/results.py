@@ -12,6 +12,8 @@ import fcntl
 import io
 import os
 
+import numpy as np
+
 COLUMNS = ("method", "variant", "point", "seed", "pruned_params_pct", "pruned_neurons_pct",
            "test_error", "val_error", "test_loss", "target_pruned_params_pct", "epochs", "seconds",
            "run_dir")
@@ -78,16 +80,17 @@ class ResultsTable:
         with file_lock(self.lock_path):
             if key_of(row) in self.done():
                 return False
+            self._repair_torn_line()  # first: a torn header leaves an empty file, which needs one
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
-            new = not os.path.isfile(self.path) or os.path.getsize(self.path) == 0
-            if new:
+            if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
                 writer.writeheader()
             writer.writerow({c: _cell(row.get(c)) for c in self.columns})
-            self._repair_torn_line()
+            data = buffer.getvalue().encode()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, buffer.getvalue().encode())
+                while data:  # os.write may write less than asked (a full disk raises later)
+                    data = data[os.write(fd, data):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -110,6 +113,8 @@ class ResultsTable:
 def _cell(value):
     if value is None:
         return ""
+    if isinstance(value, np.generic):  # repr(np.float64(0.25)) is "np.float64(0.25)" in NumPy 2
+        value = value.item()
     if isinstance(value, float):
         return repr(value)
     return value

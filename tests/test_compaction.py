@@ -106,6 +106,10 @@ def test_a_unit_fed_only_by_constant_units_is_removed_in_a_second_pass(mnist_ima
     assert [p.removed for p in plans] == [1, 1, 0]
     assert units(small) == {"fc1": 7, "fc2": 4, "logits": 10}
     assert_same_outputs(model, small, mnist_images)
+    # Out of passes: the last plan still describes the returned model (and what is left to remove).
+    once, plans = compaction.compact(model, max_passes=1, return_plans=True)
+    assert [p.removed for p in plans] == [1, 1] and plans[-1].units_by_layer() == units(once)
+    assert_same_outputs(model, once, mnist_images)
 
 
 def test_dead_conv_filters_are_folded_through_relu_max_pool_and_flatten(mnist_images):

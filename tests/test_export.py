@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -159,7 +160,25 @@ def test_rerunning_the_export_skips_finished_models(lobster_run, exported, capsy
 
 def test_unknown_operating_point_is_a_one_line_error(lobster_run, tmp_path, capsys):
     assert cli.main(["export", str(lobster_run), "--export-dir", str(tmp_path), "--points", "7"]) == 2
-    assert "has no operating point [7]" in capsys.readouterr().err
+    assert "has no finished operating point [7]" in capsys.readouterr().err
+
+
+def test_the_level_lobster_is_still_in_is_not_exported_and_tags_must_differ(lobster_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(lobster_run, run)
+    with open(run / "operating_points.csv") as f:
+        lines = f.read().splitlines()
+    cells = lines[-1].split(",")
+    cells[POINT_COLUMNS.index("test_error")] = cells[POINT_COLUMNS.index("test_loss")] = ""
+    with open(run / "operating_points.csv", "w") as f:
+        f.write("\n".join(lines[:-1] + [",".join(cells)]) + "\n")
+    assert [x.tag for x in export.run_sources(str(run), "last")] == ["point_000"]
+    with pytest.raises(KerasPruneError, match="no finished operating point \\[1\\]"):
+        export.run_sources(str(run), "1")
+    with pytest.raises(KerasPruneError, match="points must be all, last or"):
+        export.run_sources(str(run), "first")
+    with pytest.raises(KerasPruneError, match="same tag \\['w'\\]"):
+        export.run_sources(str(run), weights=[str(tmp_path / "a" / "w.weights.h5"), str(tmp_path / "w.h5")])
 
 
 def test_strip_folds_tfmot_masks_and_leaves_the_wrapped_model_untouched():

@@ -88,6 +88,16 @@ def test_a_torn_last_line_is_ignored_and_repaired_on_the_next_append(tmp_path):
     assert [r["seed"] for r in table.rows()] == ["0", "2"]
 
 
+def test_a_torn_header_is_rewritten_and_numpy_floats_are_stored_as_numbers(tmp_path):
+    table = results.ResultsTable(str(tmp_path / "results.csv"))
+    with open(table.path, "w") as f:
+        f.write("method,variant,po")  # the first writer was killed inside the header
+    table.append(row(seed=0, test_error=np.float64(0.25)))
+    table.append(row(seed=1))
+    got = results.read(table.path)
+    assert [(r["seed"], r["test_error"]) for r in got] == [(0.0, 0.25), (1.0, 0.1)]
+
+
 def test_two_processes_appending_at_once_lose_and_duplicate_nothing(tmp_path):
     path = str(tmp_path / "results.csv")
     code = ("import sys; from kerasprune import results; t = results.ResultsTable(sys.argv[1])\n"
@@ -244,7 +254,8 @@ def test_figure1_plots_mean_over_seeds_on_a_log_axis(tmp_path):
     rows += [dict(method="random_reinit", variant=None, point=1, seed=s, test_error=e, pruned_params_pct=60.0,
                   pruned_neurons_pct=5.0) for s, e in ((0, 0.02), (1, 0.03))]
     stats = report.summarize(rows)
-    assert stats[("random_reinit", "")][1][:2] == pytest.approx((2.5, 0.5))
+    assert stats[("random_reinit", "")][1][:2] == pytest.approx((2.5, 0.5 ** 0.5))  # sample std
+    assert stats[("lobster", "")][1][1] == 0.0
     path = report.figure1(rows, str(tmp_path / "f.png"))
     assert os.path.getsize(path) > 5_000
 
