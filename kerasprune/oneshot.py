@@ -21,6 +21,7 @@ Fixed-mask methods mask kernels, biases and BatchNorm gamma/beta (all of LOBSTER
 zeros); magnitude methods prune kernels only, as TF-MOT's registry and open_lth do.
 """
 import functools
+import json
 import os
 import time
 
@@ -344,6 +345,28 @@ def imp_levels(targets_pct, total, kernels, rate=0.2):
     return [(n, targets.get(n)) for n in sorted(levels)]
 
 
+def _check_chain(root, levels, rate):
+    """Records the chain's levels in ``root/chain.json``, or checks them against the recorded ones.
+
+    Round folders are numbered (``level_KK``); another set of targets (e.g. a sweep rerun with other
+    points) gives another chain, whose round KK is a different experiment: reusing the folder would
+    file its result under the wrong target."""
+    from kerasprune.distribute import is_chief
+
+    path = os.path.join(root, "chain.json")
+    wanted = {"rate": rate, "levels": [[n, t] for n, t in levels]}
+    if os.path.isfile(path):
+        recorded = training.read_json(path)
+        if recorded != json.loads(json.dumps(wanted)):
+            raise KerasPruneError(
+                f"the IMP chain in {root} was made for other targets or rate "
+                f"({[t for _, t in recorded['levels'] if t is not None]} at rate {recorded['rate']}; now "
+                f"{[t for _, t in levels if t is not None]} at rate {rate}); use another output folder")
+    elif is_chief():
+        os.makedirs(root, exist_ok=True)
+        training.write_json(path, wanted)
+
+
 def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
     """Iterative magnitude pruning with rewinding to the dense run's initial weights.
 
@@ -357,8 +380,10 @@ def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
     model = build_model(config)
     total = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model))
     kernels = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model, ("kernel",)))
+    levels = imp_levels(targets_pct, total, kernels, rate)
+    _check_chain(root, levels, rate)
     out, previous, mask = {}, trained, None
-    for index, (n, target) in enumerate(imp_levels(targets_pct, total, kernels, rate), start=1):
+    for index, (n, target) in enumerate(levels, start=1):
         level_dir = os.path.join(root, f"level_{index:02d}")
         result = read_result(level_dir)
         if result is None:

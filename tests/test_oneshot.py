@@ -129,6 +129,16 @@ def test_imp_levels_end_near_all_kernels_pruned_and_refuse_impossible_targets():
         oneshot.imp_levels([50.0], total=12, kernels=10, rate=1.0)
 
 
+def test_an_imp_chain_folder_refuses_a_chain_for_other_targets(tmp_path):
+    root = str(tmp_path / "imp")
+    chain = oneshot.imp_levels([60.0], total=1010, kernels=1000)
+    oneshot._check_chain(root, chain, 0.2)
+    oneshot._check_chain(root, chain, 0.2)  # the same chain resumes
+    other = oneshot.imp_levels([50.0, 60.0], total=1010, kernels=1000)
+    with pytest.raises(KerasPruneError, match=r"made for other targets.*\[60.0\] at rate 0.2; now \[50.0, 60.0\]"):
+        oneshot._check_chain(root, other, 0.2)
+
+
 def test_kernel_target_turns_a_percentage_of_all_parameters_into_kernel_entries():
     model = oneshot.build_model(small())
     n, kernels = oneshot.kernel_target(model, 50.0)
