@@ -61,6 +61,12 @@ class SweepConfig(RunSettings):
             raise KerasPruneError("seeds must list at least one seed")
         if not 0 < self.imp_rate < 1:
             raise KerasPruneError(f"imp_rate must be in (0, 1), got {self.imp_rate}")
+        if str(self.strategy).strip().partition(":")[0] == "multiworker":
+            # Every worker would take the sweep's file locks on its own and pick its own next
+            # run, so the workers' collectives fall out of step (or wait on each other's lock).
+            raise KerasPruneError("a sweep cannot run under multiworker: its runs are independent, so start "
+                                  "one sweep process per machine or device on the same --out instead "
+                                  "(docs/distributed.md); use multiworker for single train/lobster runs")
 
     def train_config(self, seed, epochs=None):
         from kerasprune.training import TrainConfig

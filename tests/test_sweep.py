@@ -222,6 +222,11 @@ def test_sweep_refuses_a_lobster_dir_of_another_setup_and_points_it_does_not_hav
         sweep.run(tiny(lobster_dir, points=[1, 7]), str(tmp_path / "b"), verbose=0)
 
 
+def test_sweep_refuses_multiworker_and_says_what_to_do_instead(lobster_dir):
+    with pytest.raises(KerasPruneError, match="one sweep process per machine"):
+        tiny(lobster_dir, strategy="multiworker")
+
+
 def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, lobster_dir, monkeypatch):
     out = str(tmp_path / "sweep")
     config = tiny(lobster_dir, seeds=[0], methods=["random_reinit", "random_structure"])
