@@ -6,6 +6,7 @@ one check everywhere, and the CLI fills them all through :func:`settings_from_ar
 imports no TensorFlow (``kerasprune --help`` stays fast).
 """
 import dataclasses
+import os
 from typing import Optional
 
 from kerasprune.errors import KerasPruneError
@@ -35,6 +36,19 @@ class RunSettings:
             raise KerasPruneError(f"lr must be positive, got {self.lr}")
         if self.momentum < 0:
             raise KerasPruneError(f"momentum must be >= 0, got {self.momentum}")
+        if not 0 < self.val_fraction < 1:  # runs select and prune on the validation split
+            raise KerasPruneError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("max_train_examples", "max_test_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise KerasPruneError(f"{name} must be >= 1 (or unset for all), got {value}")
+        if self.max_train_examples is not None and round(self.max_train_examples * self.val_fraction) < 1:
+            raise KerasPruneError(f"max_train_examples {self.max_train_examples} leaves no validation example "
+                                  f"at val_fraction {self.val_fraction}")
+        from kerasprune import data
+
+        if self.dataset not in data.DATASETS and not os.path.isdir(self.dataset):
+            data.spec(self.dataset)  # raises the unknown-name error, before any run folder is made
 
     def settings(self):
         """The :class:`RunSettings` fields of this config, as keyword arguments."""

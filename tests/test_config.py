@@ -20,6 +20,14 @@ def test_every_config_has_the_shared_settings_and_checks(cls):
         cls(lr=0)
     with pytest.raises(KerasPruneError, match="batch_size must be >= 1"):
         cls(batch_size=0)
+    with pytest.raises(KerasPruneError, match=r"val_fraction must be in \(0, 1\), got 0"):
+        cls(val_fraction=0)
+    with pytest.raises(KerasPruneError, match="max_test_examples must be >= 1"):
+        cls(max_test_examples=0)
+    with pytest.raises(KerasPruneError, match="max_train_examples 4 leaves no validation example"):
+        cls(max_train_examples=4)
+    with pytest.raises(KerasPruneError, match="unknown dataset 'mnsit'; valid names are"):
+        cls(dataset="mnsit")
 
 
 def test_sweep_passes_every_shared_setting_to_its_training_runs():

@@ -73,10 +73,10 @@ def run(config, out, verbose="auto"):
                               f"it cannot be extended to {config.epochs}: choose another --out")
     strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
-    os.makedirs(out, exist_ok=True)
-    if is_chief():
-        training.write_json(config_path, dataclasses.asdict(config))
     splits = config.load_data(shuffle_seed=config.seed, eval_batch_size=1000)
+    os.makedirs(out, exist_ok=True)
+    if is_chief():  # after the data loaded: a failed first attempt does not pin a wrong config
+        training.write_json(config_path, dataclasses.asdict(config))
     with strategy.scope():
         model = models.build(config.model, input_shape=splits.spec.input_shape,
                              num_classes=splits.spec.num_classes, seed=config.seed)
