@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 
 from kerasprune.errors import KerasPruneError
 
@@ -69,8 +70,13 @@ def get_strategy(spec="default", devices=None):
       spec: a strategy spec such as ``mirrored`` or ``mirrored:/cpu:0,/cpu:1``.
       devices: device names that override the ones in ``spec`` (``mirrored``/``one_device``).
     """
+    global _MULTIWORKER
     name, spec_devices = parse_strategy(spec)
     devices = list(devices or spec_devices) or None
+    if name != "multiworker" and "TF_CONFIG" in os.environ and _MULTIWORKER is not False:
+        warnings.warn(f"TF_CONFIG is set but the strategy is {name!r}: this process ignores it and "
+                      "writes its results itself", stacklevel=2)
+    _MULTIWORKER = name == "multiworker"
     if name in _TAKES_DEVICES and devices:
         _ensure_cpu_devices(devices)
         _check_devices_exist(devices)
@@ -164,8 +170,17 @@ def _check_tf_config():
         raise KerasPruneError("TF_CONFIG names no workers")
 
 
+# Whether this process last made a multiworker strategy (None: no strategy made yet). TF_CONFIG
+# only says who writes when the run is multiworker: a stale TF_CONFIG in a shell must not silence
+# a single-process run.
+_MULTIWORKER = None
+
+
 def is_chief():
-    """True on the process that writes results: the only one, or the chief / worker 0 of TF_CONFIG."""
+    """True on the process that writes results: the only one, or the chief / worker 0 of TF_CONFIG
+    (consulted unless this process made a strategy other than multiworker)."""
+    if _MULTIWORKER is False:
+        return True
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = config.get("task") or {}
     cluster = config.get("cluster") or {}

@@ -57,6 +57,21 @@ def test_cli_rejects_an_unknown_strategy_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.fixture(autouse=True)
+def no_strategy_made_yet(monkeypatch):
+    """Each test starts as a process that has made no strategy (is_chief reads TF_CONFIG)."""
+    monkeypatch.setattr(distribute, "_MULTIWORKER", None)
+
+
+def test_a_stale_tf_config_does_not_silence_a_single_process_run(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert not distribute.is_chief()
+    with pytest.warns(UserWarning, match="TF_CONFIG is set but the strategy is 'default'"):
+        distribute.get_strategy("default")
+    assert distribute.is_chief()
+
+
 def test_multiworker_without_or_with_a_broken_tf_config_is_a_one_line_error(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(KerasPruneError, match="needs TF_CONFIG"):
