@@ -127,6 +127,8 @@ def load(name, data_dir=None, batch_size=100, val_fraction=0.1, split_seed=0, sh
     if batch_size < 1:
         raise KerasPruneError(f"batch_size must be positive, got {batch_size}")
     arrays, dspec = _arrays_and_spec(name, data_dir, val_fraction, split_seed)
+    if not len(arrays.x_test):  # every run ends with a test evaluation: fail now, not after training
+        raise KerasPruneError(f"{name} has no test examples (an image tree needs a test/<class>/ folder)")
     if max_train_examples:
         n_val = int(round(max_train_examples * val_fraction))
         arrays = arrays._replace(x_train=arrays.x_train[:max_train_examples],
@@ -306,7 +308,9 @@ def _read_image_tree(root):
             raise KerasPruneError(f"{test_root} has classes {test_classes}, train/ has {classes}")
     else:
         test_files, y_te = [], np.zeros((0,), np.int64)
-    key = hashlib.sha1("\n".join(["v2"] + train_files + test_files).encode()).hexdigest()[:16]
+    # Names, sizes and modification times: a re-encoded or replaced image invalidates the cache.
+    stamps = [f"{f}\t{os.stat(f).st_size}\t{os.stat(f).st_mtime_ns}" for f in train_files + test_files]
+    key = hashlib.sha1("\n".join(["v3"] + stamps).encode()).hexdigest()[:16]
     cached = os.path.join(cache_dir(), "image_trees", f"{key}.npz")
     if os.path.isfile(cached):
         with np.load(cached) as z:

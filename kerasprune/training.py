@@ -96,7 +96,7 @@ class StopOnNaN(keras.callbacks.Callback):
         if self.where is not None:
             epoch, batch = self.where
             raise KerasPruneError(f"the loss became NaN/inf at epoch {epoch + 1}, batch {batch + 1}: "
-                                  "training diverged; try a lower --lr")
+                                  "training diverged; try a lower --lr (in a new --out)")
 
 
 class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
@@ -248,12 +248,27 @@ def evaluate(model, dataset):
     return model.evaluate(dataset, verbose=0, return_dict=True)
 
 
+def check_same_config(saved, wanted, out, resumable=("epochs",)):
+    """Raises unless the run folder's ``config.json`` (``saved``) matches the config of the command
+    resuming it (``wanted``) in every field but ``resumable``: resuming with other settings would
+    continue the old weights under a config.json that no longer describes them."""
+    diff = [k for k in wanted if k not in resumable and saved.get(k) != wanted[k]]
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
+        raise KerasPruneError(f"{out} holds a run with another configuration ({details}); "
+                              "rerun the same command to resume, or choose another --out")
+
+
 def train(config, out, verbose="auto"):
     """Runs (or resumes, or returns the result of) one plain training run in folder ``out``."""
     from kerasprune import models
     from kerasprune.distribute import get_strategy, is_chief
 
     metrics_path = paths.run_file(out, paths.METRICS)
+    config_path = paths.run_file(out, paths.CONFIG)
+    if os.path.isfile(config_path):
+        check_same_config(read_json(config_path), json.loads(json.dumps(dataclasses.asdict(config))), out,
+                          resumable=("epochs", "export_dir"))
     if os.path.isfile(metrics_path):
         done = read_json(metrics_path)
         if done.get("epochs_completed", -1) == config.epochs:
@@ -263,10 +278,10 @@ def train(config, out, verbose="auto"):
                               f"not {config.epochs}; choose another --out")
     strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)  # before the pipelines: their shuffle seeds derive from it
-    os.makedirs(out, exist_ok=True)
-    if is_chief():
-        write_json(paths.run_file(out, paths.CONFIG), dataclasses.asdict(config))
     splits = config.load_data(shuffle_seed=config.seed)
+    os.makedirs(out, exist_ok=True)
+    if is_chief():  # after the data loaded: a failed first attempt does not pin a wrong config
+        write_json(config_path, dataclasses.asdict(config))
     with strategy.scope():
         model = models.build(config.model, input_shape=splits.spec.input_shape,
                              num_classes=splits.spec.num_classes, seed=config.seed)
@@ -286,6 +301,6 @@ def train(config, out, verbose="auto"):
     }
     saved_model = export_saved_model(model, paths.export_path(out, config.export_dir))  # all workers
     if is_chief():
-        metrics["saved_model"] = saved_model
+        metrics["saved_model"] = os.path.abspath(saved_model)  # readable from any working directory
         write_json(metrics_path, metrics)
     return metrics

@@ -81,6 +81,12 @@ def test_any_class_per_folder_tree_loads(tmp_path):
     assert splits.spec.num_classes == 2 and splits.spec.input_shape == (32, 32, 3)
     assert sum(len(b[1]) for b in splits.test) == 10
     assert sum(len(b[1]) for b in splits.train) == 8
+    # A replaced image is read again, not served from the decoded cache.
+    before = data.load_arrays(str(tmp_path)).x_test
+    cat = sorted(os.listdir(tmp_path / "test" / "cat"))[0]
+    shutil.copy(os.path.join(src, "test", "dog", sorted(os.listdir(os.path.join(src, "test", "dog")))[5]),
+                tmp_path / "test" / "cat" / cat)
+    assert not np.array_equal(data.load_arrays(str(tmp_path)).x_test, before)
 
 
 def test_unknown_dataset_names_the_valid_ones():

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -85,6 +86,15 @@ def test_history_row_is_written_before_the_backup_and_a_repeated_epoch_is_read_o
         f.write("epoch,loss\n0,0.5\n1,0.4\n1,0.38\n2,0.3\n")
     assert training.read_history(str(tmp_path)) == [
         {"epoch": 0.0, "loss": 0.5}, {"epoch": 1.0, "loss": 0.38}, {"epoch": 2.0, "loss": 0.3}]
+
+
+def test_resuming_with_other_settings_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    training.write_json(str(out / paths.CONFIG), dataclasses.asdict(small(epochs=4)))
+    with pytest.raises(KerasPruneError, match=r"another configuration \(lr: 0.1 -> 0.05\)"):
+        training.train(small(epochs=4, lr=0.05), str(out))
+    assert sorted(os.listdir(out)) == [paths.CONFIG]
 
 
 def test_same_seed_same_initial_weights_and_first_epoch(tmp_path):

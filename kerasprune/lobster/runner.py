@@ -112,9 +112,6 @@ def run(config, out, verbose="auto"):
 
 
 def _check_same_config(saved, wanted, out):
-    wanted = dict(wanted, kinds=list(wanted["kinds"]))
-    diff = [k for k in wanted if k not in _RESUMABLE and saved.get(k) != wanted[k]]
-    if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
-        raise KerasPruneError(f"{out} holds a run with another configuration ({details}); "
-                              "rerun the same command to resume, or choose another --out")
+    from kerasprune import training
+
+    training.check_same_config(saved, dict(wanted, kinds=list(wanted["kinds"])), out, _RESUMABLE)
