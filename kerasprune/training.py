@@ -262,7 +262,7 @@ def check_same_config(saved, wanted, out, resumable=("epochs",)):
 def train(config, out, verbose="auto"):
     """Runs (or resumes, or returns the result of) one plain training run in folder ``out``."""
     from kerasprune import models
-    from kerasprune.distribute import get_strategy, is_chief
+    from kerasprune.distribute import get_strategy, is_chief, save_weights
 
     metrics_path = paths.run_file(out, paths.METRICS)
     config_path = paths.run_file(out, paths.CONFIG)
@@ -286,9 +286,8 @@ def train(config, out, verbose="auto"):
         model = models.build(config.model, input_shape=splits.spec.input_shape,
                              num_classes=splits.spec.num_classes, seed=config.seed)
         compile_model(model, make_optimizer(config.optimizer, config.lr, config.momentum))
-    initial = paths.run_file(out, paths.INITIAL_WEIGHTS)
-    if is_chief() and not os.path.isfile(initial):  # on resume, keep the true initial weights
-        model.save_weights(initial)
+    # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
+    save_weights(model, paths.run_file(out, paths.INITIAL_WEIGHTS), keep_existing=True)
     history, seconds = fit_and_record(model, splits, out, config.epochs, verbose=verbose)
     test = evaluate(model, splits.test)
     metrics = {

@@ -2,7 +2,7 @@
 
 ``TF_CONFIG=... python tests/_multiworker_worker.py KIND OUT EPOCHS [CRASH_AT_EPOCH]`` runs a small
 run of KIND (``train``: training.train; ``lobster``: a LOBSTER run) of LeNet-300 on 1,000 MNIST
-images under ``MultiWorkerMirroredStrategy`` in folder OUT and prints ``RESULT <json>``. With
+images (``train_bn``: training.train of ResNet-8 on 200 CIFAR-10 images) under ``MultiWorkerMirroredStrategy`` in folder OUT and prints ``RESULT <json>``. With
 CRASH_AT_EPOCH, every worker raises at the end of that epoch (0-based), before BackupAndRestore
 saves it: a preempted worker group, to be resumed by running the same command again.
 """
@@ -35,6 +35,13 @@ def main(kind, out, epochs, crash_at=None):
             model, splits, run_dir, n, [Preempted(int(crash_at))] + list(callbacks), verbose)
     small = dict(model="lenet300", dataset="mnist", epochs=int(epochs), max_train_examples=1000,
                  max_test_examples=200, strategy="multiworker")
+    if kind == "train_bn":  # a model with BatchNorm (ResNet-8): its saves run collective ops
+        from kerasprune import models
+
+        build = models.build
+        models.build = lambda name, **kw: build(name, blocks_per_stage=1, **kw)
+        small.update(model="resnet32", dataset="cifar10", max_train_examples=200, max_test_examples=100)
+        kind = "train"
     if kind == "train":
         metrics = training.train(training.TrainConfig(**small), out, verbose=2)
         result = {k: metrics[k] for k in ("test_loss", "test_accuracy")}

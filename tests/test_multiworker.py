@@ -106,6 +106,17 @@ def test_two_workers_train_and_only_the_chief_writes_results_logs_and_the_saved_
     assert _files(worker) == []
 
 
+def test_two_workers_train_a_batchnorm_model_whose_weight_saves_need_every_worker(tmp_path):
+    # Saving BatchNorm's sync-on-read statistics all-reduces them: a chief-only save of the initial
+    # weights left the workers' collectives out of step ("Collective instance ... expected type").
+    chief, worker = tmp_path / "w0", tmp_path / "w1"
+    (rc0, out0), (rc1, out1) = _launch("train_bn", [chief, worker], epochs=1)
+    assert rc0 == 0, out0[-3000:]
+    assert rc1 == 0, out1[-3000:]
+    assert _result(out0)["test_loss"] == pytest.approx(_result(out1)["test_loss"], rel=1e-6)
+    assert paths.INITIAL_WEIGHTS in _files(chief) and _files(worker) == []
+
+
 def test_two_workers_prune_with_lobster_and_only_the_chief_writes(tmp_path):
     chief, worker = tmp_path / "w0", tmp_path / "w1"
     (rc0, out0), (rc1, out1) = _launch("lobster", [chief, worker], epochs=3)

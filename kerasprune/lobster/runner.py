@@ -55,7 +55,7 @@ def run(config, out, verbose="auto"):
     """
     from kerasprune import models, training
     from kerasprune._keras import keras
-    from kerasprune.distribute import get_strategy, is_chief
+    from kerasprune.distribute import get_strategy, is_chief, save_weights
     from kerasprune.lobster.callback import LobsterPruning
     from kerasprune.lobster.optimizer import Lobster
     from kerasprune.lobster.points import read_operating_points
@@ -82,9 +82,8 @@ def run(config, out, verbose="auto"):
                              num_classes=splits.spec.num_classes, seed=config.seed)
         base = training.make_optimizer(config.optimizer, config.lr, config.momentum)
         training.compile_model(model, Lobster(base, lmbda=config.lmbda, kinds=config.kinds))
-    initial = paths.run_file(out, paths.INITIAL_WEIGHTS)
-    if is_chief() and not os.path.isfile(initial):
-        model.save_weights(initial)
+    # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
+    save_weights(model, paths.run_file(out, paths.INITIAL_WEIGHTS), keep_existing=True)
     pruning = LobsterPruning(splits.validation, splits.test, pwe=config.pwe, twt=config.twt,
                              good_margin=config.good_margin, tolerance=config.tolerance,
                              kinds=config.kinds, run_dir=out)
