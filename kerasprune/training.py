@@ -135,13 +135,11 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
 
     history_path = paths.run_file(run_dir, paths.HISTORY)
     callbacks = [LearningRateLogger(), StopOnNaN()]
-    # The history row before the backup: a kill between the two then repeats the epoch (its row
-    # comes twice; read_history keeps the last) instead of losing its row, which would leave the
-    # run one epoch short forever.
+    # Every record of an epoch before its backup: a kill in between then repeats the epoch (its
+    # history row comes twice; read_history keeps the last) instead of losing the row or the best
+    # checkpoint, which would leave the run one epoch short, or its best weights unsaved, forever.
     if is_chief():
         callbacks.append(keras.callbacks.CSVLogger(history_path, append=True))
-    if backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
     # TensorBoard and ModelCheckpoint run on every worker of a multi-worker run: they change the
     # traced train step (summaries) or save collectively, so a chief-only copy deadlocks the
     # collectives. Keras sends a non-chief's writes to a temporary folder it deletes afterwards.
@@ -153,6 +151,8 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
         callbacks.append(keras.callbacks.ModelCheckpoint(
             best_path, monitor=monitor, save_best_only=True, save_weights_only=True,
             initial_value_threshold=best_in_history(history_path, monitor)))
+    if backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
     return callbacks
 
 
