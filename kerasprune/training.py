@@ -92,11 +92,29 @@ class StopOnNaN(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
-    def raise_if_stopped(self):
+    def raise_if_stopped(self, run_dir=None):
+        """Raises if the loss diverged, after marking ``run_dir`` (``diverged.json``): Keras has
+        deleted the backup, so rerunning there would silently start over on top of the old files."""
+        from kerasprune.distribute import is_chief
+
         if self.where is not None:
             epoch, batch = self.where
+            if run_dir and is_chief():
+                write_json(paths.run_file(run_dir, DIVERGED), {"epoch": epoch + 1, "batch": batch + 1})
             raise KerasPruneError(f"the loss became NaN/inf at epoch {epoch + 1}, batch {batch + 1}: "
                                   "training diverged; try a lower --lr (in a new --out)")
+
+
+DIVERGED = "diverged.json"
+
+
+def refuse_diverged(run_dir):
+    """Raises if the run in ``run_dir`` diverged before (see :meth:`StopOnNaN.raise_if_stopped`)."""
+    path = paths.run_file(run_dir, DIVERGED)
+    if os.path.isfile(path):
+        where = read_json(path)
+        raise KerasPruneError(f"{run_dir} holds a run whose loss became NaN/inf at epoch {where['epoch']}, "
+                              f"batch {where['batch']}; choose another --out (or delete the folder)")
 
 
 class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
@@ -184,12 +202,13 @@ def fit_and_record(model, splits, run_dir, epochs, callbacks=(), verbose="auto",
     ``best_checkpoint=False`` drops the best-by-validation-loss checkpoint, for runs (LOBSTER) that
     keep their own best weights per sparsity level and where one best over all levels means nothing.
     """
+    refuse_diverged(run_dir)
     standard = run_callbacks(run_dir, best_checkpoint=best_checkpoint)
     all_callbacks = standard[:1] + list(callbacks) + standard[1:]
     start = time.time()
     model.fit(splits.train, validation_data=splits.validation, epochs=epochs,
               callbacks=all_callbacks, verbose=_verbosity(verbose))
-    next(c for c in standard if isinstance(c, StopOnNaN)).raise_if_stopped()
+    next(c for c in standard if isinstance(c, StopOnNaN)).raise_if_stopped(run_dir)
     return read_history(run_dir), time.time() - start
 
 

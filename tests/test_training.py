@@ -106,8 +106,11 @@ def test_same_seed_same_initial_weights_and_first_epoch(tmp_path):
     assert hist[0]["loss"] != hist[2]["loss"]
 
 
-def test_nan_loss_stops_with_a_clear_message(tmp_path):
+def test_nan_loss_stops_with_a_clear_message_and_the_folder_is_not_silently_reused(tmp_path):
     with pytest.raises(KerasPruneError, match="became NaN/inf at epoch 1"):
+        training.train(small(lr=1e30), str(tmp_path / "run"))
+    # Keras deleted the backup when training stopped: a rerun would start over on the old files.
+    with pytest.raises(KerasPruneError, match="holds a run whose loss became NaN/inf at epoch 1"):
         training.train(small(lr=1e30), str(tmp_path / "run"))
 
 
