@@ -238,7 +238,7 @@ def _read_tfds(dspec, manual_dir):
 
     tfds.disable_progress_bar()
     kwargs = {}
-    if manual_dir is None:
+    if manual_dir is None and not _prepared(dspec):
         _require_network(dspec)
     if manual_dir is not None:
         # A download dir per dataset: TFDS names extracted files after the archive's file name
@@ -258,6 +258,13 @@ def _read_tfds(dspec, manual_dir):
 # TFDS downloads MNIST-like datasets from this host; resolving it fails at once when offline,
 # where TFDS itself would retry for minutes before giving up.
 TFDS_DOWNLOAD_HOST = "storage.googleapis.com"
+
+
+def _prepared(dspec):
+    """True if TFDS already built this dataset in our cache (no download needed, even offline)."""
+    root = os.path.join(cache_dir(), "tfds", dspec.tfds_name)
+    return os.path.isdir(root) and any(os.path.isfile(os.path.join(root, v, "dataset_info.json"))
+                                       for v in os.listdir(root))
 
 
 def _require_network(dspec):

@@ -118,3 +118,13 @@ def test_offline_without_data_dir_says_how_to_provide_one(tmp_path, monkeypatch)
     monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", "no-such-host.invalid")
     with pytest.raises(KerasPruneError, match="cannot be downloaded.*set KERASPRUNE_DATA_DIR"):
         data.load("mnist")
+
+
+def test_offline_without_data_dir_uses_what_tfds_already_prepared(tmp_path, monkeypatch):
+    local = os.environ["KERASPRUNE_DATA_DIR"]
+    monkeypatch.setenv("KERASPRUNE_CACHE_DIR", str(tmp_path))
+    first = data.load_arrays("mnist", data_dir=local)  # prepares the TFDS copy in the cache
+    monkeypatch.delenv("KERASPRUNE_DATA_DIR")
+    monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", "no-such-host.invalid")
+    again = data.load_arrays("mnist")
+    assert np.array_equal(again.x_test, first.x_test) and np.array_equal(again.y_train, first.y_train)

@@ -2,6 +2,19 @@
 from kerasprune.distribute import STRATEGIES, strategy_flag
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1 (0 or a negative count would mean "all" or fail deep inside)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_data_arguments(parser, dataset_default=None):
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", required=dataset_default is None, default=dataset_default,
@@ -12,9 +25,9 @@ def add_data_arguments(parser, dataset_default=None):
     g.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the training set held out for validation (default 0.1)")
     g.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation split")
-    g.add_argument("--max-train-examples", type=int, default=None,
+    g.add_argument("--max-train-examples", type=positive_int, default=None,
                    help="use only the first N training examples (quick runs)")
-    g.add_argument("--max-test-examples", type=int, default=None,
+    g.add_argument("--max-test-examples", type=positive_int, default=None,
                    help="use only the first N test examples (quick runs)")
 
 

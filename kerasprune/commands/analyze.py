@@ -48,26 +48,26 @@ def add_arguments(parser):
     g.add_argument("--quick", action="store_true",
                    help=f"small grid and data samples (minutes on 2 CPU cores): {QUICK}")
     g.add_argument("--seed", type=int, default=0, help="seed of data samples, random vectors, directions")
-    g.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
+    g.add_argument("--batch-size", type=_common.positive_int, default=500, help="evaluation batch size")
     g.add_argument("--strategy", default="default", type=_common.strategy_flag, metavar="SPEC",
                    help="tf.distribute strategy (default: one device)")
     h = parser.add_argument_group("hessian")
-    h.add_argument("--hessian-examples", type=int, default=None,
+    h.add_argument("--hessian-examples", type=_common.positive_int, default=None,
                    help=f"training examples the loss is averaged over (default {FULL['hessian_examples']})")
-    h.add_argument("--top-k", type=int, default=5, help="number of top eigenvalues (default 5)")
+    h.add_argument("--top-k", type=_common.positive_int, default=5, help="number of top eigenvalues (default 5)")
     h.add_argument("--eigen-method", choices=("lanczos", "power", "both"), default="lanczos")
     h.add_argument("--tol", type=float, default=1e-3, help="eigen-solver tolerance (default 1e-3)")
-    h.add_argument("--max-iter", type=int, default=100,
+    h.add_argument("--max-iter", type=_common.positive_int, default=100,
                    help="HVP cap: of Lanczos, or per eigenvalue of power iteration (default 100)")
     h.add_argument("--trace", action="store_true",
                    help="also estimate the Hessian trace (Hutchinson; up to --trace-max-iter HVPs per model)")
     h.add_argument("--trace-tol", type=float, default=0.02,
                    help="stop the trace estimate at this relative standard error (default 0.02)")
-    h.add_argument("--trace-max-iter", type=int, default=100, help="HVP cap of the trace (default 100)")
+    h.add_argument("--trace-max-iter", type=_common.positive_int, default=100, help="HVP cap of the trace (default 100)")
     h.add_argument("--all-params", action="store_true",
                    help="Hessian over all parameters, pruned ones included (default: unpruned only)")
     m = parser.add_argument_group("maps")
-    m.add_argument("--grid", type=int, default=None, help="points per axis (default 21; --quick 7)")
+    m.add_argument("--grid", type=_common.positive_int, default=None, help="points per axis (default 21; --quick 7)")
     m.add_argument("--alpha-range", type=float, nargs=2, default=(-0.5, 1.5), metavar=("MIN", "MAX"),
                    help="range along G -> 1-S (G at 0, 1-S at 1; default -0.5 1.5)")
     m.add_argument("--beta-range", type=float, nargs=2, default=(-1.0, 1.0), metavar=("MIN", "MAX"),
@@ -79,13 +79,13 @@ def add_arguments(parser):
                         "points off the G-1-S line revive pruned weights and dead neurons; union: only "
                         "weights nonzero in G or 1-S, the reading to use for pruned models "
                         "(docs/analysis.md)")
-    m.add_argument("--grid-train-examples", type=int, default=None,
+    m.add_argument("--grid-train-examples", type=_common.positive_int, default=None,
                    help="training examples for loss and PSP maps (default 5000; --quick 500)")
-    m.add_argument("--grid-test-examples", type=int, default=None,
+    m.add_argument("--grid-test-examples", type=_common.positive_int, default=None,
                    help="test examples for the error map (default all; --quick 1000)")
-    m.add_argument("--pair-samples", type=int, default=None,
+    m.add_argument("--pair-samples", type=_common.positive_int, default=None,
                    help="sampled neuron pairs per wide layer for second-order entropy (default 2000)")
-    m.add_argument("--max-exact-units", type=int, default=1024,
+    m.add_argument("--max-exact-units", type=_common.positive_int, default=1024,
                    help="layers up to this width get exact second-order entropy (default 1024)")
 
 

@@ -1,6 +1,8 @@
 """``kerasprune export``: SavedModels (sparse and compacted), size reports and TFLite of a run's models."""
 import os
 
+from kerasprune.commands import _common
+
 HELP = "export a run's pruned models: SavedModel, compacted SavedModel, sizes, TFLite"
 DESCRIPTION = """Export the pruned models of one or more run folders.
 
@@ -38,7 +40,7 @@ def add_arguments(parser):
     parser.add_argument("--tflite", action="store_true", help="also convert both models to TFLite")
     parser.add_argument("--no-eval", dest="evaluate", action="store_false",
                         help="skip evaluating the exported SavedModels on the test set")
-    parser.add_argument("--max-test-examples", type=int, default=None,
+    parser.add_argument("--max-test-examples", type=_common.positive_int, default=None,
                         help="evaluate on the first N test examples only")
     parser.add_argument("--export-dir", default=None,
                         help="root of exports (default: $KERASPRUNE_SAVED_MODELS or ./saved_models)")

@@ -23,7 +23,7 @@ def add_arguments(parser):
                    help="sensitivity regularisation strength, not scaled by the lr (default 1e-4)")
     g.add_argument("--twt", type=float, default=0.05,
                    help="admissible relative validation-loss increase per pruning (default 0.05)")
-    g.add_argument("--pwe", type=int, default=20, help="plateau patience in epochs (default 20)")
+    g.add_argument("--pwe", type=_common.positive_int, default=20, help="plateau patience in epochs (default 20)")
     g.add_argument("--good-margin", type=float, default=0.01,
                    help="an epoch is good if val loss < (1 + margin) * best (default 0.01)")
     g.add_argument("--tolerance", type=float, default=0.05,
