@@ -186,7 +186,9 @@ def net_speedups(timings):
     """Median speed-up over dense of each TF variant once the fixed per-call cost is taken off both."""
     floor = timings["tf_call"][1]
     dense = timings["dense"][1] - floor
-    return {k: dense / max(timings[k][1] - floor, 1e-9) for k in ("masked", "sparse", "compact")}
+    # Within the noise of the floor (batch 1) a ratio means nothing: NaN then.
+    return {k: dense / (timings[k][1] - floor) if min(dense, timings[k][1] - floor) > 0.05 * floor
+            else float("nan") for k in ("masked", "sparse", "compact")}
 
 
 def main():

@@ -50,10 +50,24 @@ def main():
     p.add_argument("--copy-to", default=None, help="also copy results.csv and figure1.png here")
     args = p.parse_args()
     table = os.path.join(args.out, "results.csv")
+    with results.file_lock(table + ".lock"):  # a sweep still appending waits for the rewrite
+        rewrite(args.out, table)
+    with open(os.path.join(args.out, "sweep_config.json")) as f:
+        sweep = json.load(f)
+    figure = os.path.join(args.out, "figure1.png")
+    report.figure1(results.read(table), figure,
+                   title=f"{sweep['name']}: {sweep['model']} on {sweep['dataset']}")
+    print(f"rewrote {figure}")
+    if args.copy_to:
+        for name in ("results.csv", "figure1.png"):
+            shutil.copy(os.path.join(args.out, name), os.path.join(args.copy_to, name))
+
+
+def rewrite(out, table):
     rows = results.ResultsTable(table).rows()
     changed = 0
     for row in rows:
-        run_dir = os.path.join(args.out, row["run_dir"])
+        run_dir = os.path.join(out, row["run_dir"])
         if row["method"] in ("lobster", "dense") or not os.path.isfile(paths.run_file(run_dir, oneshot.RESULT)):
             continue
         old, new = recount_run(run_dir)
@@ -70,15 +84,7 @@ def main():
     with open(tmp, "w") as f:
         f.write(buffer.getvalue())
     os.replace(tmp, table)
-    with open(os.path.join(args.out, "sweep_config.json")) as f:
-        sweep = json.load(f)
-    figure = os.path.join(args.out, "figure1.png")
-    report.figure1(results.read(table), figure,
-                   title=f"{sweep['name']}: {sweep['model']} on {sweep['dataset']}")
-    print(f"{changed} of {len(rows)} rows changed; rewrote {table} and {figure}")
-    if args.copy_to:
-        for name in ("results.csv", "figure1.png"):
-            shutil.copy(os.path.join(args.out, name), os.path.join(args.copy_to, name))
+    print(f"{changed} of {len(rows)} rows changed; rewrote {table}")
 
 
 if __name__ == "__main__":

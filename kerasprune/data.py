@@ -262,8 +262,12 @@ TFDS_DOWNLOAD_HOST = "storage.googleapis.com"
 
 def _prepared(dspec):
     """True if TFDS already built this dataset in our cache (no download needed, even offline)."""
+    import re
+
     root = os.path.join(cache_dir(), "tfds", dspec.tfds_name)
-    return os.path.isdir(root) and any(os.path.isfile(os.path.join(root, v, "dataset_info.json"))
+    # Finished versions only ("3.0.1"; TFDS builds in "3.0.1.incomplete.XXXX" and renames at the end).
+    return os.path.isdir(root) and any(re.fullmatch(r"\d+\.\d+\.\d+", v)
+                                       and os.path.isfile(os.path.join(root, v, "dataset_info.json"))
                                        for v in os.listdir(root))
 
 

@@ -63,6 +63,17 @@ def strategy_flag(text):
     return text
 
 
+def declare_strategy(spec):
+    """Tells :func:`is_chief` which kind of run this process is, before any strategy exists
+    (a command's first writes may come before its first :func:`get_strategy`)."""
+    global _MULTIWORKER
+    name, _ = parse_strategy(spec)
+    if name != "multiworker" and "TF_CONFIG" in os.environ and _MULTIWORKER is not False:
+        warnings.warn(f"TF_CONFIG is set but the strategy is {name!r}: this process ignores it and "
+                      "writes its results itself", stacklevel=3)
+    _MULTIWORKER = name == "multiworker"
+
+
 def get_strategy(spec="default", devices=None):
     """Returns the ``tf.distribute.Strategy`` that ``spec`` names (see the module docstring).
 
@@ -70,13 +81,9 @@ def get_strategy(spec="default", devices=None):
       spec: a strategy spec such as ``mirrored`` or ``mirrored:/cpu:0,/cpu:1``.
       devices: device names that override the ones in ``spec`` (``mirrored``/``one_device``).
     """
-    global _MULTIWORKER
     name, spec_devices = parse_strategy(spec)
     devices = list(devices or spec_devices) or None
-    if name != "multiworker" and "TF_CONFIG" in os.environ and _MULTIWORKER is not False:
-        warnings.warn(f"TF_CONFIG is set but the strategy is {name!r}: this process ignores it and "
-                      "writes its results itself", stacklevel=2)
-    _MULTIWORKER = name == "multiworker"
+    declare_strategy(spec)
     if name in _TAKES_DEVICES and devices:
         _ensure_cpu_devices(devices)
         _check_devices_exist(devices)

@@ -350,14 +350,19 @@ def _check_chain(root, levels, rate):
 
     Round folders are numbered (``level_KK``); another set of targets (e.g. a sweep rerun with other
     points) gives another chain, whose round KK is a different experiment: reusing the folder would
-    file its result under the wrong target."""
+    file its result under the wrong target. A chain that only grows (more, sparser targets) goes on."""
     from kerasprune.distribute import is_chief
 
     path = os.path.join(root, "chain.json")
-    wanted = {"rate": rate, "levels": [[n, t] for n, t in levels]}
+    wanted = json.loads(json.dumps({"rate": rate, "levels": [[n, t] for n, t in levels]}))
     if os.path.isfile(path):
         recorded = training.read_json(path)
-        if recorded != json.loads(json.dumps(wanted)):
+        # A chain may grow (LOBSTER finished sparser points since): its rounds so far stay valid.
+        grows = (recorded["rate"] == wanted["rate"]
+                 and recorded["levels"] == wanted["levels"][:len(recorded["levels"])])
+        if grows and is_chief() and recorded != wanted:
+            training.write_json(path, wanted)
+        if not grows:
             raise KerasPruneError(
                 f"the IMP chain in {root} was made for other targets or rate "
                 f"({[t for _, t in recorded['levels'] if t is not None]} at rate {recorded['rate']}; now "

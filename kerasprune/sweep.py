@@ -197,8 +197,9 @@ def jobs_for(config, points):
 def run(config, out, verbose="auto"):
     """Runs (or resumes) the sweep in ``out``; returns the rows of the results table."""
     from kerasprune import oneshot, report, training
-    from kerasprune.distribute import is_chief
+    from kerasprune.distribute import declare_strategy, is_chief
 
+    declare_strategy(config.strategy)  # before the first write (a stale TF_CONFIG must not mute it)
     os.makedirs(out, exist_ok=True)
     if is_chief():
         training.write_json(os.path.join(out, "sweep_config.json"), dataclasses.asdict(config))

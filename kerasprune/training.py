@@ -114,7 +114,8 @@ def refuse_diverged(run_dir):
     if os.path.isfile(path):
         where = read_json(path)
         raise KerasPruneError(f"{run_dir} holds a run whose loss became NaN/inf at epoch {where['epoch']}, "
-                              f"batch {where['batch']}; choose another --out (or delete the folder)")
+                              f"batch {where['batch']}; to try again with other settings, use another "
+                              f"output folder, or delete {run_dir}")
 
 
 class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
@@ -174,16 +175,17 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
     return callbacks
 
 
-def read_history(run_dir):
+def read_history(run_dir, every_row=False):
     """The rows of ``history.csv``, one per finished epoch in epoch order, as dicts of floats.
 
-    An epoch repeated after a kill (see :func:`run_callbacks`) appears once, with its last row."""
+    An epoch repeated after a kill (see :func:`run_callbacks`) appears once, with its last row;
+    ``every_row`` returns the file's rows as they are."""
     path = paths.run_file(run_dir, paths.HISTORY)
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
         rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-    if not all("epoch" in r for r in rows):
+    if every_row or not all("epoch" in r for r in rows):
         return rows
     last = {int(r["epoch"]): r for r in rows}
     return [last[e] for e in sorted(last)]
@@ -191,7 +193,8 @@ def read_history(run_dir):
 
 def best_in_history(history_path, monitor):
     """Lowest ``monitor`` so far (so a resumed run keeps the best checkpoint it already had)."""
-    rows = read_history(os.path.dirname(history_path))
+    # Every row: a repeated epoch's first attempt may be the one whose weights the checkpoint holds.
+    rows = read_history(os.path.dirname(history_path), every_row=True)
     values = [r[monitor] for r in rows if monitor in r and math.isfinite(r[monitor])]
     return min(values) if values else None
 

@@ -105,6 +105,10 @@ def test_relus_called_as_tf_ops_are_found_and_opaque_lambdas_are_warned_about(mn
     h = keras.layers.ReLU(name="r")(keras.layers.Dense(3)(h))
     with pytest.warns(UserWarning, match="'opaque'"):
         assert analysis.psp_layer_names(analysis.psp_model(keras.Model(inputs, keras.layers.Dense(2)(h)))) == ["r"]
+    inputs = keras.Input((5,))
+    h = keras.layers.ReLU(name="r")(keras.layers.Dense(3)(tf.maximum(keras.layers.Dense(4)(inputs), 0.0)))
+    with pytest.warns(UserWarning, match=r"\['tf.math.maximum'\]"):
+        assert analysis.psp_layer_names(analysis.psp_model(keras.Model(inputs, keras.layers.Dense(2)(h)))) == ["r"]
 
 
 def test_statistics_warn_about_classes_without_examples(mnist_arrays):

@@ -70,6 +70,10 @@ def test_a_stale_tf_config_does_not_silence_a_single_process_run(monkeypatch):
     with pytest.warns(UserWarning, match="TF_CONFIG is set but the strategy is 'default'"):
         distribute.get_strategy("default")
     assert distribute.is_chief()
+    monkeypatch.setattr(distribute, "_MULTIWORKER", None)
+    with pytest.warns(UserWarning, match="strategy is 'mirrored'"):
+        distribute.declare_strategy("mirrored")  # what sweep and export do before their first write
+    assert distribute.is_chief()
 
 
 def test_multiworker_without_or_with_a_broken_tf_config_is_a_one_line_error(monkeypatch):

@@ -137,6 +137,11 @@ def test_an_imp_chain_folder_refuses_a_chain_for_other_targets(tmp_path):
     other = oneshot.imp_levels([50.0, 60.0], total=1010, kernels=1000)
     with pytest.raises(KerasPruneError, match=r"made for other targets.*\[60.0\] at rate 0.2; now \[50.0, 60.0\]"):
         oneshot._check_chain(root, other, 0.2)
+    longer = oneshot.imp_levels([60.0, 80.0], total=1010, kernels=1000)  # LOBSTER went further
+    assert longer[:len(chain)] == chain
+    oneshot._check_chain(root, longer, 0.2)
+    with pytest.raises(KerasPruneError, match="made for other targets"):
+        oneshot._check_chain(root, chain + [(900, None)], 0.2)
 
 
 def test_kernel_target_turns_a_percentage_of_all_parameters_into_kernel_entries():

@@ -51,6 +51,10 @@ _OTHER_ACTIVATIONS = ("sigmoid", "tanh", "elu", "selu", "gelu", "softplus", "sof
                       "log_softmax", "mish")
 
 
+# Ops that can implement an activation (tf.maximum(z, 0) is a ReLU): not analysed, but warned about.
+_MAYBE_ACTIVATIONS = ("maximum", "minimum", "clip_by_value", "where")
+
+
 def _op_function(layer):
     """The function a ``TFOpLambda``/``Lambda`` layer applies, or None for other layers."""
     if type(layer).__name__ in ("TFOpLambda", "Lambda"):
@@ -98,7 +102,7 @@ def relu_layers(model, skip_non_relu=False):
         op = _op_function(layer)
         if op is not None:
             fused = op if _activation_name(op) in _OTHER_ACTIVATIONS or any(op is f for f in _RELU_FUNCTIONS) else None
-            if fused is None and kind == "Lambda":
+            if fused is None and (kind == "Lambda" or _activation_name(op) in _MAYBE_ACTIVATIONS):
                 opaque.append(layer.name)
         non_relu = (kind in _ACTIVATION_LAYERS or
                     (fused is not None and _activation_name(fused) not in _LINEAR))
@@ -113,9 +117,9 @@ def relu_layers(model, skip_non_relu=False):
     if not found:
         raise KerasPruneError(f"model {model.name!r} has no ReLU layer: nothing to analyse")
     if opaque:
-        warnings.warn(f"PSP analysis cannot see inside the Lambda layers {opaque} of model {model.name!r}: "
-                      "a ReLU applied there is not analysed (use a ReLU layer or tf.nn.relu directly)",
-                      stacklevel=3)
+        warnings.warn(f"PSP analysis cannot tell whether the layers {opaque} of model {model.name!r} "
+                      "(Lambda, or ops such as tf.maximum) apply an activation: a ReLU written that way is "
+                      "not analysed (use a ReLU layer or tf.nn.relu directly)", stacklevel=3)
     return found
 
 

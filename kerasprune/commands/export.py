@@ -62,8 +62,11 @@ def find_runs(root):
 
 
 def run(args):
+    from kerasprune.distribute import declare_strategy
     from kerasprune.errors import KerasPruneError
     from kerasprune.export import export_run
+
+    declare_strategy("default")  # one process: it writes, whatever TF_CONFIG is left in the shell
 
     run_dirs = []
     for root in args.run_dirs:
