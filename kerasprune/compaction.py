@@ -217,7 +217,7 @@ def _linear_chain(model):
     if not isinstance(current, keras.layers.InputLayer):
         return None
     while True:
-        consumers = _consumers(current)
+        consumers = sparsity.consumers(current)
         if not consumers:
             return chain if current.output is model.outputs[0] else None
         if len(consumers) != 1 or len(consumers[0]._inbound_nodes) != 1 or isinstance(consumers[0], keras.Model):
@@ -256,10 +256,6 @@ def _compactable(layer):
     return type(layer) in _COMPACTABLE
 
 
-def _consumers(layer):
-    return [node.outbound_layer for node in layer._outbound_nodes]
-
-
 def _is_output(model, layer):
     return any(out is layer.output for out in model.outputs)
 
@@ -283,7 +279,7 @@ def _link(model, layer):
         return p
     chain, current, flattened = [], layer, False
     while True:
-        consumers = _consumers(current)
+        consumers = sparsity.consumers(current)
         if not consumers:
             p.reason = "output layer" if current is layer else f"{current.name} is a model output"
             return p

@@ -21,6 +21,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from kerasprune.config import RunSettings
+from kerasprune.distribute import parse_strategy
 from kerasprune.errors import KerasPruneError
 from kerasprune.results import ResultsTable, file_lock, key_of
 
@@ -61,7 +62,7 @@ class SweepConfig(RunSettings):
             raise KerasPruneError("seeds must list at least one seed")
         if not 0 < self.imp_rate < 1:
             raise KerasPruneError(f"imp_rate must be in (0, 1), got {self.imp_rate}")
-        if str(self.strategy).strip().partition(":")[0] == "multiworker":
+        if parse_strategy(self.strategy)[0] == "multiworker":
             # Every worker would take the sweep's file locks on its own and pick its own next
             # run, so the workers' collectives fall out of step (or wait on each other's lock).
             raise KerasPruneError("a sweep cannot run under multiworker: its runs are independent, so start "
