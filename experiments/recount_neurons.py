@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kerasprune import data, models, oneshot, paths, report, results, sparsity, training  # noqa: E402
+from kerasprune import export, oneshot, paths, report, results, sparsity, training  # noqa: E402
 
 
 def recount_run(run_dir):
@@ -29,10 +29,7 @@ def recount_run(run_dir):
     result_path = paths.run_file(run_dir, oneshot.RESULT)
     with open(result_path) as f:
         result = json.load(f)
-    with open(paths.run_file(run_dir, paths.CONFIG)) as f:
-        saved = json.load(f)
-    spec = data.spec(saved["dataset"], saved.get("data_dir"))
-    model = models.build(saved["model"], input_shape=spec.input_shape, num_classes=spec.num_classes)
+    model, _ = export.build_from_run(run_dir)
     model.load_weights(paths.run_file(run_dir, result["weights"]))
     rep = sparsity.report(model)
     if abs(rep.pruned_params_pct - result["pruned_params_pct"]) > 1e-9:

@@ -199,16 +199,16 @@ def is_chief():
 
 
 @contextlib.contextmanager
-def chief_path(path):
+def chief_path(path, keep=True):
     """``with chief_path(p) as where: model.save_weights(where)``: the chief writes ``p``, every
-    other worker writes a scratch copy that is deleted on exit.
+    other worker (and the chief too when not ``keep``) writes a scratch copy deleted on exit.
 
     In a multi-worker run every worker must take part in a save: Keras reads distributed variables
     (e.g. the optimizer state a ``.weights.h5`` file holds) with collective ops, so a save on the
     chief alone leaves the workers' collectives out of step and training fails or hangs. Call this
     on all workers; only the chief's file survives.
     """
-    if is_chief():
+    if keep and is_chief():
         yield path
         return
     scratch = tempfile.mkdtemp(prefix="kerasprune_worker_")
@@ -226,15 +226,8 @@ def save_weights(model, path, keep_existing=False):
     step ("Collective instance ... expected type"). With ``keep_existing`` an existing file is left
     as it is (e.g. the true initial weights of a resumed run) while every worker still saves.
     """
-    with chief_path(path) as where:
-        if keep_existing and where == path and os.path.isfile(path):
-            scratch = tempfile.mkdtemp(prefix="kerasprune_keep_")
-            try:
-                model.save_weights(os.path.join(scratch, os.path.basename(path)))
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
-        else:
-            model.save_weights(where)
+    with chief_path(path, keep=not (keep_existing and os.path.isfile(path))) as where:
+        model.save_weights(where)
 
 
 def num_replicas(strategy=None):

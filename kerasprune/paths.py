@@ -4,6 +4,7 @@ import os
 
 CONFIG = "config.json"  # the resolved configuration, written before any work starts
 METRICS = "metrics.json"  # final numbers of the run
+DIVERGED = "diverged.json"  # where a run's loss became NaN/inf (such a folder is not reused)
 HISTORY = "history.csv"  # one row per epoch (Keras CSVLogger, appended across resumes)
 TENSORBOARD = "tensorboard"
 BACKUP = "backup"  # BackupAndRestore state: a killed run resumes from here

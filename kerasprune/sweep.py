@@ -245,12 +245,17 @@ def run(config, out, verbose="auto"):
 SAME_SETUP = ("model", "dataset", "split_seed", "val_fraction")
 
 
-def _check_same_setup(config, lobster_dir):
+def _lobster_config(lobster_dir):
+    """The LOBSTER folder's ``config.json``, or {} (a folder made by hand or by an older version)."""
     path = os.path.join(lobster_dir, "config.json")
-    if not os.path.isfile(path):  # made by hand or by an older version: nothing to compare
-        return
+    if not os.path.isfile(path):
+        return {}
     with open(path) as f:
-        theirs = json.load(f)
+        return json.load(f)
+
+
+def _check_same_setup(config, lobster_dir):
+    theirs = _lobster_config(lobster_dir)
     ours = config.settings()
     wrong = [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in SAME_SETUP
              if k in theirs and theirs[k] != ours[k]]
@@ -260,11 +265,7 @@ def _check_same_setup(config, lobster_dir):
 
 
 def _lobster_seed(lobster_dir, config):
-    path = os.path.join(lobster_dir, "config.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f).get("seed", config.seeds[0])
-    return config.seeds[0]
+    return _lobster_config(lobster_dir).get("seed", config.seeds[0])
 
 
 def _row(method, variant, point, seed, result, target_pct, run_dir):

@@ -100,17 +100,14 @@ class StopOnNaN(keras.callbacks.Callback):
         if self.where is not None:
             epoch, batch = self.where
             if run_dir and is_chief():
-                write_json(paths.run_file(run_dir, DIVERGED), {"epoch": epoch + 1, "batch": batch + 1})
+                write_json(paths.run_file(run_dir, paths.DIVERGED), {"epoch": epoch + 1, "batch": batch + 1})
             raise KerasPruneError(f"the loss became NaN/inf at epoch {epoch + 1}, batch {batch + 1}: "
                                   "training diverged; try a lower --lr (in a new --out)")
 
 
-DIVERGED = "diverged.json"
-
-
 def refuse_diverged(run_dir):
     """Raises if the run in ``run_dir`` diverged before (see :meth:`StopOnNaN.raise_if_stopped`)."""
-    path = paths.run_file(run_dir, DIVERGED)
+    path = paths.run_file(run_dir, paths.DIVERGED)
     if os.path.isfile(path):
         where = read_json(path)
         raise KerasPruneError(f"{run_dir} holds a run whose loss became NaN/inf at epoch {where['epoch']}, "
@@ -273,7 +270,9 @@ def evaluate(model, dataset):
 def check_same_config(saved, wanted, out, resumable=("epochs",)):
     """Raises unless the run folder's ``config.json`` (``saved``) matches the config of the command
     resuming it (``wanted``) in every field but ``resumable``: resuming with other settings would
-    continue the old weights under a config.json that no longer describes them."""
+    continue the old weights under a config.json that no longer describes them. ``wanted`` is
+    compared as JSON holds it (tuples become lists)."""
+    wanted = json.loads(json.dumps(wanted, default=_json_default))
     diff = [k for k in wanted if k not in resumable and saved.get(k) != wanted[k]]
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
@@ -289,7 +288,7 @@ def train(config, out, verbose="auto"):
     metrics_path = paths.run_file(out, paths.METRICS)
     config_path = paths.run_file(out, paths.CONFIG)
     if os.path.isfile(config_path):
-        check_same_config(read_json(config_path), json.loads(json.dumps(dataclasses.asdict(config))), out,
+        check_same_config(read_json(config_path), dataclasses.asdict(config), out,
                           resumable=("epochs", "export_dir"))
     if os.path.isfile(metrics_path):
         done = read_json(metrics_path)

@@ -63,7 +63,8 @@ def run(config, out, verbose="auto"):
     config_path = paths.run_file(out, paths.CONFIG)
     metrics_path = paths.run_file(out, METRICS)
     if os.path.isfile(config_path):
-        _check_same_config(training.read_json(config_path), dataclasses.asdict(config), out)
+        training.check_same_config(training.read_json(config_path), dataclasses.asdict(config), out,
+                                   _RESUMABLE)
     if os.path.isfile(metrics_path):
         done = training.read_json(metrics_path)
         if done.get("epochs_completed", -1) >= config.epochs:
@@ -108,9 +109,3 @@ def run(config, out, verbose="auto"):
     if is_chief() and len(history) >= config.epochs:
         training.write_json(metrics_path, metrics)
     return rows
-
-
-def _check_same_config(saved, wanted, out):
-    from kerasprune import training
-
-    training.check_same_config(saved, dict(wanted, kinds=list(wanted["kinds"])), out, _RESUMABLE)
