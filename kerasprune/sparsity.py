@@ -59,6 +59,19 @@ def prunable_variables(model, kinds=DEFAULT_KINDS):
     return out
 
 
+def weight_variables(model):
+    """The tensors PyTorch calls "weight" (Dense/Conv kernels, BatchNorm gammas), whatever is pruned:
+    the authors' LOBSTER takes its threshold search's start statistics over these."""
+    out = []
+    for layer in all_layers(model):
+        inner = unwrap(layer)
+        if isinstance(inner, DENSE_CONV):
+            out.append(inner.kernel)
+        elif isinstance(inner, NORMS) and inner.gamma is not None:
+            out.append(inner.gamma)
+    return out
+
+
 @dataclasses.dataclass
 class SparsityReport:
     """Counts over the prunable parameters and hidden neurons of one model."""

@@ -11,6 +11,7 @@ from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
 from kerasprune.lobster import (Lobster, LobsterConfig, LobsterPruning, Plateau, load_operating_point,
                                 read_operating_points, run, search_threshold)
+from kerasprune.lobster.schedule import start_interval
 
 
 def tiny_dense(kernel=((1.0,), (-2.0,)), bias=(0.5,)):
@@ -154,7 +155,8 @@ def counting_loss(t):
 
 
 def test_search_finds_the_largest_admissible_threshold_exactly_with_zero_tolerance():
-    result = search_threshold(counting_loss, MAGNITUDES, val_loss=1.0, twt=0.3, tolerance=0.0)
+    result = search_threshold(counting_loss, MAGNITUDES, val_loss=1.0, twt=0.3, tolerance=0.0,
+                              rule="conservative")
     assert result.bound == pytest.approx(1.3)
     assert np.count_nonzero(MAGNITUDES < result.threshold) == 30  # 1 + 30/100 = 1.3 <= B; 31 is not
     assert result.loss == pytest.approx(1.3)
@@ -163,7 +165,8 @@ def test_search_finds_the_largest_admissible_threshold_exactly_with_zero_toleran
 
 
 def test_search_stops_within_tolerance_of_the_bound():
-    result = search_threshold(counting_loss, MAGNITUDES, val_loss=1.0, twt=0.8, tolerance=0.05)
+    result = search_threshold(counting_loss, MAGNITUDES, val_loss=1.0, twt=0.8, tolerance=0.05,
+                              rule="conservative")
     bound = 1.8
     assert result.loss <= bound and abs(result.loss - bound) <= 0.05 * bound
     # 50 cut -> 1.5 <= 1.8, so the search started from [T_mean, T_max].
@@ -178,13 +181,78 @@ def test_search_with_the_paper_defaults_prunes_when_the_mean_cut_is_just_above_t
     def loss(t):
         return 1.0 + 0.0011 * np.count_nonzero(MAGNITUDES < t)
 
-    result = search_threshold(loss, MAGNITUDES, val_loss=1.0, twt=0.05, tolerance=0.05)
+    result = search_threshold(loss, MAGNITUDES, val_loss=1.0, twt=0.05, tolerance=0.05, rule="conservative")
     assert result is not None and result.loss <= 1.05
-    assert 1 <= np.count_nonzero(MAGNITUDES < result.threshold) <= 45  # 45 cut: 1.0495; 46: 1.0506
+    # By hand: [T_min, T_mean] = [1, 50.5] (50 cut: 1.055 > B); mid 25.75 cuts 25 (1.0275 <= B), and
+    # both ends are then within 5% of B: prune at the lower end, 25 parameters.
+    assert np.count_nonzero(MAGNITUDES < result.threshold) == 25
+    assert result.trials == [(50.5, pytest.approx(1.055)), (25.75, pytest.approx(1.0275))]
+
+
+def test_reference_search_prunes_at_the_unevaluated_midpoint_by_hand():
+    # The authors' rule on the same losses: [a, b] = [1, 50.5], l_a = 1.0 (uncut), l_b = 1.055;
+    # |l_a - l_b| = 0.055 >= 0.05 B = 0.0525: bisect. mid 25.75 (25 cut, 1.0275 <= B) -> a. Now
+    # |1.0275 - 1.055| = 0.0275 < 0.0525: stop and prune at (25.75 + 50.5) / 2 = 38.125: 38 cut.
+    def loss(t):
+        return 1.0 + 0.0011 * np.count_nonzero(MAGNITUDES < t)
+
+    result = search_threshold(loss, MAGNITUDES, val_loss=1.0, twt=0.05, tolerance=0.05)  # the default
+    assert result.threshold == pytest.approx(38.125)
+    assert np.count_nonzero(MAGNITUDES < result.threshold) == 38
+    assert result.trials == [(50.5, pytest.approx(1.055)), (25.75, pytest.approx(1.0275))]
+    assert math.isnan(result.loss)  # never evaluated
+
+
+def test_reference_search_from_the_upper_interval_by_hand():
+    # B = 1.8; loss(T_mean = 50.5) = 1.5 < B: [a, b] = [50.5, T_max = 100], l_b = inf (not evaluated).
+    # mid 75.25: 1.75 -> a; mid 87.625: 1.87 -> b (|1.75 - 1.87| = 0.12 >= 0.09); mid 81.4375: 1.81
+    # -> b; |1.75 - 1.81| = 0.06 < 0.09: prune at (75.25 + 81.4375) / 2 = 78.34375.
+    result = search_threshold(counting_loss, MAGNITUDES, val_loss=1.0, twt=0.8, tolerance=0.05,
+                              rule="reference")
+    assert [t for t, _ in result.trials] == [50.5, 75.25, 87.625, 81.4375]
+    assert result.threshold == pytest.approx(78.34375)
+
+
+def test_reference_search_prunes_at_a_once_the_midpoint_stops_moving():
+    # The loss jumps from 1.0 to 5.0 past the 30th parameter: |l_a - l_b| = 4 never gets within
+    # tolerance, so bisection runs until the midpoint stops moving and the reference returns a,
+    # the largest admissible threshold: just below 30.5, cutting 30.
+    result = search_threshold(lambda t: 1.0 if t <= 30.5 else 5.0, MAGNITUDES, val_loss=1.0, twt=0.05)
+    assert 30.5 - 1e-6 < result.threshold <= 30.5
+    assert np.count_nonzero(MAGNITUDES < result.threshold) == 30
+
+
+def test_start_interval_reference_averages_per_tensor_means_of_non_zero_weights():
+    tensors = [np.array([1.0, 0.0, -3.0]), np.array([[10.0]])]
+    assert start_interval(tensors, "reference") == (1.0, 6.0, 10.0)  # mean of 2 and 10
+    assert start_interval(tensors, "conservative") == (1.0, pytest.approx(14 / 3), 10.0)  # pooled
+    assert start_interval([np.zeros(3)]) is None
+
+
+@pytest.mark.parametrize("rule, t_mean", [("reference", 2.0), ("conservative", 104 / 3)])
+def test_callback_takes_the_reference_start_from_kernels_only(rule, t_mean):
+    # Kernel |w| = 1, 3 and a bias of 100: the authors' T_mean ignores biases ("weight" tensors only).
+    model = tiny_dense(kernel=((1.0,), (-3.0,)), bias=(100.0,))
+    model.compile(Lobster(keras.optimizers.SGD(0.0)), loss="mse")
+    val = tf.data.Dataset.from_tensor_slices((np.ones((2, 2), np.float32), np.zeros((2, 1), np.float32))).batch(2)
+    callback = LobsterPruning(val, twt=0.05, threshold_search=rule, verbose=0)
+    callback.set_model(model)
+    callback.on_train_begin()
+    model.optimizer.build(model.trainable_variables)
+    result = callback.search(val_loss=model.evaluate(val, verbose=0))
+    assert result is None or result.trials[0][0] == pytest.approx(t_mean)
+
+
+def test_unknown_threshold_search_rule_is_refused():
+    with pytest.raises(KerasPruneError, match="threshold_search"):
+        LobsterConfig(threshold_search="bisect")
+    with pytest.raises(ValueError, match="unknown threshold-search rule"):
+        search_threshold(counting_loss, MAGNITUDES, 1.0, rule="bisect")
 
 
 def test_search_returns_none_when_no_cut_is_admissible():
-    assert search_threshold(lambda t: 1.0 if t <= 1.0 else 5.0, MAGNITUDES, 1.0, twt=0.05) is None
+    for rule in ("reference", "conservative"):
+        assert search_threshold(lambda t: 1.0 if t <= 1.0 else 5.0, MAGNITUDES, 1.0, twt=0.05, rule=rule) is None
 
 
 def test_search_on_a_model_whose_loss_as_a_function_of_t_is_known():
@@ -197,7 +265,7 @@ def test_search_on_a_model_whose_loss_as_a_function_of_t_is_known():
     model.compile(Lobster(keras.optimizers.SGD(0.0)), loss="mse")
     val = tf.data.Dataset.from_tensor_slices((np.ones((4, 6), np.float32),
                                               np.full((4, 1), w.sum() + 0.1, np.float32))).batch(4)
-    callback = LobsterPruning(val, twt=19.0, tolerance=0.0, verbose=0)
+    callback = LobsterPruning(val, twt=19.0, tolerance=0.0, verbose=0, threshold_search="conservative")
     callback.set_model(model)
     callback.on_train_begin()
     model.optimizer.build(model.trainable_variables)
@@ -404,3 +472,36 @@ def test_cli_lobster_runs_and_prints_its_points(tmp_path, capsys):
     code = cli.main(["lobster", "--model", "lenet300", "--dataset", "mnist", "--prune", "kernel,wat",
                      "--out", str(tmp_path / "bad")])
     assert code == 2 and "kinds must be" in capsys.readouterr().err
+
+
+def test_run_stops_at_the_first_point_past_stop_at_pruned_and_counts_as_finished(tmp_path):
+    out = str(tmp_path / "run")
+    rows = run(small_config(epochs=20, stop_at_pruned=30.0), out, verbose=0)
+    assert rows[-1]["pruned_params_pct"] >= 30.0
+    assert all(r["pruned_params_pct"] < 30.0 for r in rows[:-1])  # nothing pruned past the target
+    metrics = json_of(out, "metrics.json")
+    assert metrics["stopped_at_pruned"] and metrics["epochs_completed"] < 20
+    assert metrics["epochs_completed"] == rows[-1]["epoch"]
+    assert run(small_config(epochs=20, stop_at_pruned=30.0), out, verbose=0) == read_operating_points(out)
+
+
+def test_a_folder_from_before_threshold_search_resumes_as_conservative(tmp_path):
+    import dataclasses
+
+    from kerasprune import training
+
+    old = dataclasses.asdict(small_config(epochs=1))
+    del old["threshold_search"], old["stop_at_pruned"]  # config.json written before the options
+    out = tmp_path / "run"
+    out.mkdir()
+    training.write_json(str(out / "config.json"), old)
+    with pytest.raises(KerasPruneError, match="threshold_search: 'conservative' -> 'reference'"):
+        run(small_config(epochs=1), str(out), verbose=0)
+    run(small_config(epochs=1, threshold_search="conservative"), str(out), verbose=0)
+
+
+def json_of(out, name):
+    import json
+
+    with open(os.path.join(out, name)) as f:
+        return json.load(f)

@@ -27,7 +27,15 @@ def add_arguments(parser):
     g.add_argument("--good-margin", type=float, default=0.01,
                    help="an epoch is good if val loss < (1 + margin) * best (default 0.01)")
     g.add_argument("--tolerance", type=float, default=0.05,
-                   help="threshold search stops within this fraction of the loss bound (default 0.05)")
+                   help="fraction of the loss bound in the threshold search's stop rule (default 0.05)")
+    g.add_argument("--threshold-search", choices=("reference", "conservative"), default="reference",
+                   help="reference: the authors' bisection, pruning at the midpoint once the two ends' "
+                        "losses are within tolerance of each other; conservative: prune at the "
+                        "admissible lower end once both are within tolerance of the bound (cuts less "
+                        "per plateau) (default reference)")
+    g.add_argument("--stop-at-pruned", type=float, default=None, metavar="PCT",
+                   help="stop once an operating point has at least PCT%% of the parameters pruned "
+                        "(default: train for all --epochs)")
     g.add_argument("--lr-plateau", action="store_true",
                    help="ReduceLROnPlateau on val loss (factor 0.1, patience 10, cooldown 50)")
     g.add_argument("--prune", default="kernel,bias,norm",
@@ -46,6 +54,7 @@ def run(args):
     config = LobsterConfig(
         **settings_from_args(args), epochs=args.epochs, seed=args.seed, lmbda=args.lmbda, twt=args.twt,
         pwe=args.pwe, good_margin=args.good_margin, tolerance=args.tolerance, lr_plateau=args.lr_plateau,
+        threshold_search=args.threshold_search, stop_at_pruned=args.stop_at_pruned,
         kinds=tuple(k.strip() for k in args.prune.split(",") if k.strip()))
     rows = run_lobster(config, args.out)
     for row in rows:

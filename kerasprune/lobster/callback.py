@@ -9,7 +9,7 @@ from kerasprune._keras import keras
 from kerasprune.distribute import chief_path, is_chief
 from kerasprune.lobster import points
 from kerasprune.lobster.optimizer import Lobster
-from kerasprune.lobster.schedule import Plateau, search_threshold
+from kerasprune.lobster.schedule import SEARCH_RULES, Plateau, search_threshold, start_interval
 
 
 @keras.utils.register_keras_serializable(package="kerasprune")
@@ -39,19 +39,28 @@ class LobsterPruning(keras.callbacks.Callback):
       pwe: plateau patience in epochs (paper: 20).
       twt: admissible relative increase of the validation loss per pruning (paper: 0.05).
       good_margin: an epoch is good if its loss is below ``(1 + good_margin) * best``.
-      tolerance: the search stops when both bisection ends are within this fraction of the bound.
+      tolerance: fraction of the bound in the search's stop rule.
+      threshold_search: ``reference`` (the authors' rule, default) or ``conservative`` (see
+        :func:`~kerasprune.lobster.schedule.search_threshold`).
+      stop_at_pruned: stop training once an operating point has at least this % of the parameters
+        pruned (``stopped_at_pruned`` is then True); None trains for the whole budget.
       kinds: parameter kinds pruned and counted (see :func:`kerasprune.sparsity.prunable_variables`).
       run_dir: folder for the operating points (written by the chief only); None keeps them in memory.
       verbose: 1 prints one line per pruning.
     """
 
     def __init__(self, validation_data=None, test_data=None, pwe=20, twt=0.05, good_margin=0.01,
-                 tolerance=0.05, kinds=sparsity.DEFAULT_KINDS, run_dir=None, verbose=1):
+                 tolerance=0.05, kinds=sparsity.DEFAULT_KINDS, run_dir=None, verbose=1,
+                 threshold_search="reference", stop_at_pruned=None):
         super().__init__()
         if pwe < 1:
             raise ValueError(f"pwe must be >= 1 epoch, got {pwe}")
         if twt < 0:
             raise ValueError(f"twt must be >= 0, got {twt}")
+        if threshold_search not in SEARCH_RULES:
+            raise ValueError(f"threshold_search must be one of {', '.join(SEARCH_RULES)}, got {threshold_search!r}")
+        self.threshold_search, self.stop_at_pruned = threshold_search, stop_at_pruned
+        self.stopped_at_pruned = False
         self.validation_data, self.test_data = validation_data, test_data
         self.pwe, self.twt, self.good_margin, self.tolerance = pwe, twt, good_margin, tolerance
         self.kinds, self.run_dir, self.verbose = tuple(kinds), run_dir, verbose
@@ -62,7 +71,8 @@ class LobsterPruning(keras.callbacks.Callback):
 
     def get_config(self):
         return dict(pwe=self.pwe, twt=self.twt, good_margin=self.good_margin, tolerance=self.tolerance,
-                    kinds=list(self.kinds), run_dir=self.run_dir, verbose=self.verbose)
+                    kinds=list(self.kinds), run_dir=self.run_dir, verbose=self.verbose,
+                    threshold_search=self.threshold_search, stop_at_pruned=self.stop_at_pruned)
 
     @classmethod
     def from_config(cls, config, validation_data=None, test_data=None):
@@ -78,6 +88,9 @@ class LobsterPruning(keras.callbacks.Callback):
             raise ValueError("LobsterPruning needs validation_data: the threshold search evaluates "
                              "the validation loss on it")
         self._vars = [v for _, v in sparsity.prunable_variables(self.model, self.kinds)]
+        # The reference's start statistics use PyTorch's "weight" tensors only: kernels, BN gammas.
+        weights = {id(v) for v in sparsity.weight_variables(self.model)}
+        self._is_weight = [id(v) in weights for v in self._vars]
         optimizer.set_prunable(self._vars)
         if not getattr(optimizer, "_built", False):
             # Rewinding to the best epoch restores BatchNorm's moving statistics too.
@@ -100,6 +113,9 @@ class LobsterPruning(keras.callbacks.Callback):
         if score > float(opt.level_best_accuracy.numpy()):
             opt.level_best_accuracy.assign(score)
             self._record_point(level, epoch, report, val_loss, val_acc, logs.get("lr"))
+            if self.stop_at_pruned is not None and report.pruned_params_pct >= self.stop_at_pruned:
+                self.stopped_at_pruned = self.model.stop_training = True
+                return  # no pruning past the target: the point just recorded is the run's last
 
         plateau = Plateau(self.pwe, self.good_margin, float(opt.best_loss.numpy()), int(opt.bad_epochs.numpy()))
         improved, plateaued = plateau.update(val_loss)
@@ -130,9 +146,10 @@ class LobsterPruning(keras.callbacks.Callback):
             if self.verbose:
                 pct = sparsity.report(self.model, self.kinds).pruned_params_pct
                 where = "" if epoch is None else f"epoch {epoch + 1}: "
+                loss = "" if math.isnan(result.loss) else f"val loss {result.loss:.4f}, "
                 print(f"LOBSTER {where}pruned {newly} parameters below T={result.threshold:.3g} "
-                      f"(val loss {result.loss:.4f} <= {result.bound:.4f}, {len(result.trials)} "
-                      f"evaluations); {pct:.2f}% pruned, level {int(opt.level.numpy())}")
+                      f"({loss}bound {result.bound:.4f}, {len(result.trials)} evaluations, "
+                      f"{self.threshold_search} rule); {pct:.2f}% pruned, level {int(opt.level.numpy())}")
         opt.best_loss.assign(math.inf)
         opt.bad_epochs.assign(0)
         return result
@@ -141,6 +158,8 @@ class LobsterPruning(keras.callbacks.Callback):
         """The threshold search on the current weights (left unchanged); ``val_loss`` is theirs."""
         originals = [v.numpy() for v in self._vars]
         magnitudes = np.concatenate([np.abs(o[o != 0]).ravel() for o in originals])
+        rule = self.threshold_search
+        start = start_interval([o for o, w in zip(originals, self._is_weight) if w or rule != "reference"], rule)
 
         def loss_at(threshold):
             for var, value in zip(self._vars, originals):
@@ -152,7 +171,10 @@ class LobsterPruning(keras.callbacks.Callback):
             return self._evaluate(self.validation_data)["loss"]
 
         try:
-            return search_threshold(loss_at, magnitudes, val_loss, self.twt, self.tolerance)
+            if start is None:  # no non-zero weight tensor left to take the statistics from
+                return None
+            return search_threshold(loss_at, magnitudes, val_loss, self.twt, self.tolerance, rule=rule,
+                                    start=start)
         finally:
             for var, value in zip(self._vars, originals):
                 var.assign(value)

@@ -2,7 +2,7 @@
 import dataclasses
 import math
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 from kerasprune import paths
 from kerasprune.config import RunSettings
@@ -23,7 +23,9 @@ class LobsterConfig(RunSettings):
     twt: float = 0.05  # admissible relative increase of the validation loss per pruning
     pwe: int = 20  # plateau patience (epochs)
     good_margin: float = 0.01  # an epoch is good if val loss < (1 + good_margin) * best
-    tolerance: float = 0.05  # threshold search stops within this fraction of the bound
+    tolerance: float = 0.05  # fraction of the loss bound in the threshold search's stop rule
+    threshold_search: str = "reference"  # the authors' rule, or "conservative" (schedule.SEARCH_RULES)
+    stop_at_pruned: Optional[float] = None  # stop once an operating point has this % pruned
     lr_plateau: bool = False  # ReduceLROnPlateau(val_loss, factor 0.1, patience 10, cooldown 50)
     kinds: Tuple[str, ...] = DEFAULT_KINDS  # parameters pruned and counted
 
@@ -33,9 +35,16 @@ class LobsterConfig(RunSettings):
         for name in ("epochs", "pwe"):
             if getattr(self, name) < 1:
                 raise KerasPruneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.stop_at_pruned is not None and not 0 < self.stop_at_pruned <= 100:
+            raise KerasPruneError(f"stop_at_pruned must be in (0, 100], got {self.stop_at_pruned}")
         for name in ("lmbda", "twt", "good_margin", "tolerance"):
             if getattr(self, name) < 0:
                 raise KerasPruneError(f"{name} must be >= 0, got {getattr(self, name)}")
+        from kerasprune.lobster.schedule import SEARCH_RULES
+
+        if self.threshold_search not in SEARCH_RULES:
+            raise KerasPruneError(f"threshold_search must be one of {', '.join(SEARCH_RULES)}, "
+                                  f"got {self.threshold_search!r}")
         unknown = set(self.kinds) - set(DEFAULT_KINDS)
         if unknown or not self.kinds:
             raise KerasPruneError(f"kinds must be a non-empty subset of {', '.join(DEFAULT_KINDS)}; "
@@ -63,11 +72,14 @@ def run(config, out, verbose="auto"):
     config_path = paths.run_file(out, paths.CONFIG)
     metrics_path = paths.run_file(out, METRICS)
     if os.path.isfile(config_path):
-        training.check_same_config(training.read_json(config_path), dataclasses.asdict(config), out,
-                                   _RESUMABLE)
+        saved = training.read_json(config_path)
+        # Folders from before the option existed ran kerasprune's first rule.
+        saved.setdefault("threshold_search", "conservative")
+        saved.setdefault("stop_at_pruned", None)
+        training.check_same_config(saved, dataclasses.asdict(config), out, _RESUMABLE)
     if os.path.isfile(metrics_path):
         done = training.read_json(metrics_path)
-        if done.get("epochs_completed", -1) >= config.epochs:
+        if done.get("epochs_completed", -1) >= config.epochs or done.get("stopped_at_pruned"):
             print(f"{out}: already finished ({done['epochs_completed']} epochs); remove it to rerun")
             return read_operating_points(out)
         raise KerasPruneError(f"{out} holds a finished run of {done.get('epochs_completed')} epochs; "
@@ -87,7 +99,8 @@ def run(config, out, verbose="auto"):
     save_weights(model, paths.run_file(out, paths.INITIAL_WEIGHTS), keep_existing=True)
     pruning = LobsterPruning(splits.validation, splits.test, pwe=config.pwe, twt=config.twt,
                              good_margin=config.good_margin, tolerance=config.tolerance,
-                             kinds=config.kinds, run_dir=out)
+                             kinds=config.kinds, run_dir=out, threshold_search=config.threshold_search,
+                             stop_at_pruned=config.stop_at_pruned)
     callbacks = [pruning]
     if config.lr_plateau:
         callbacks.append(training.ResumableReduceLROnPlateau(
@@ -104,8 +117,8 @@ def run(config, out, verbose="auto"):
         "max_pruned_params_pct": max((r["pruned_params_pct"] for r in rows), default=None),
         "test_error_at_max": (max(best, key=lambda r: r["pruned_params_pct"])["test_error"]
                               if best else None),
-        "model": config.model, "dataset": config.dataset,
+        "model": config.model, "dataset": config.dataset, "stopped_at_pruned": pruning.stopped_at_pruned,
     }
-    if is_chief() and len(history) >= config.epochs:
+    if is_chief() and (len(history) >= config.epochs or pruning.stopped_at_pruned):
         training.write_json(metrics_path, metrics)
     return rows
