@@ -199,7 +199,7 @@ def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmo
         test_error=1.0 - test["accuracy"], test_loss=test["loss"],
         val_error=1.0 - val["accuracy"], val_loss=val["loss"],
         pruned_params_pct=rep.pruned_params_pct, pruned_neurons_pct=rep.pruned_neurons_pct,
-        epochs=len(history), seconds=time.time() - start, run_dir=run_dir,
+        pruned_neurons_ref_pct=rep.pruned_neurons_ref_pct, epochs=len(history), seconds=time.time() - start, run_dir=run_dir,
         weights=FINAL_WEIGHTS, seed=config.seed)
     if mask is not None:
         kept = mask_of(final, tuple(k for k in kinds))

@@ -87,8 +87,14 @@ def figure1(rows, path, title=None):
     top.set_xlim(ax.get_xlim())
     top.set_xticks(range(len(points)), minor=True)
     top.set_xticks(labelled)
-    top.set_xticklabels([_pct(lobster, points[i], "pruned_neurons_pct") for i in labelled])
-    top.set_xlabel("Pruned neurons (%) of LOBSTER")
+    # The authors' neuron count (incoming weights all zero, logits included), as the paper's top
+    # axis; tables from before it existed fall back to kerasprune's own count, and say so.
+    column = ("pruned_neurons_ref_pct" if any(r.get("pruned_neurons_ref_pct") is not None for r in lobster.values())
+              else "pruned_neurons_pct")
+    top.set_xticklabels([_pct(lobster, points[i], column) for i in labelled])
+    top.set_xlabel("Pruned neurons (%) of LOBSTER" + (", incoming weights all zero (authors' count)"
+                                                      if column == "pruned_neurons_ref_pct" else
+                                                      ", dead on inputs or outputs (kerasprune's count)"))
     ax.grid(True, which="major", alpha=0.3)
     # Outside the axes: with eight methods any spot inside hides some curve.
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

@@ -16,7 +16,7 @@ import numpy as np
 
 COLUMNS = ("method", "variant", "point", "seed", "pruned_params_pct", "pruned_neurons_pct",
            "test_error", "val_error", "test_loss", "target_pruned_params_pct", "epochs", "seconds",
-           "run_dir")
+           "run_dir", "pruned_neurons_ref_pct")
 KEY = ("method", "variant", "point", "seed")
 
 
@@ -81,6 +81,7 @@ class ResultsTable:
             if key_of(row) in self.done():
                 return False
             self._repair_torn_line()  # first: a torn header leaves an empty file, which needs one
+            self._migrate_header()
             buffer = io.StringIO()
             writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
             if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
@@ -95,6 +96,30 @@ class ResultsTable:
             finally:
                 os.close(fd)
             return True
+
+    def _migrate_header(self):
+        """Rewrites a table written with fewer columns (an older kerasprune) under today's header,
+        the new cells empty, so appended rows line up with their column names."""
+        if not os.path.isfile(self.path) or os.path.getsize(self.path) == 0:
+            return
+        with open(self.path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) == self.columns:
+            return
+        extra = set(header) - set(self.columns)
+        if extra:
+            raise ValueError(f"{self.path} has columns this table does not know: {sorted(extra)}")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows():
+            writer.writerow({c: row.get(c, "") for c in self.columns})
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", newline="") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
 
     def _repair_torn_line(self):
         """Drops a partial last line (a writer killed mid-write) so the next row starts clean."""

@@ -12,6 +12,11 @@ layer; the logits layer has none. A neuron is pruned when it cannot carry inform
 Outgoing connections are followed through ReLU, pooling, dropout and flatten layers; a neuron whose
 output reaches a merge (Add, Concatenate) or a normalisation layer is judged on incoming weights only,
 since zero outgoing weights on one path do not silence it there.
+
+The authors' code (EIDOSlab/LOBSTER ``evaluation/architecture_stat.py``) counts differently: a unit
+of *every* Dense/Conv layer, the logits layer included, is pruned when all its incoming weights are
+zero (bias ignored). :class:`SparsityReport` carries both, ours as ``pruned_neurons_pct`` and theirs
+as ``pruned_neurons_ref_pct``; the paper's neuron percentages are theirs.
 """
 import dataclasses
 from typing import Dict
@@ -82,10 +87,16 @@ class SparsityReport:
     pruned_neurons: int
     per_layer: Dict[str, float]  # % pruned parameters of each layer
     per_layer_neurons: Dict[str, float]  # % pruned neurons of each hidden Dense/Conv layer
+    neurons_ref: int = 0  # units of every Dense/Conv layer, logits included (the authors' count)
+    pruned_neurons_ref: int = 0  # of those, units whose incoming weights are all zero
 
     @property
     def pruned_params_pct(self):
         return 100.0 * self.pruned_params / max(self.params, 1)
+
+    @property
+    def pruned_neurons_ref_pct(self):
+        return 100.0 * self.pruned_neurons_ref / max(self.neurons_ref, 1)
 
     @property
     def pruned_neurons_pct(self):
@@ -93,7 +104,8 @@ class SparsityReport:
 
     def as_dict(self):
         d = dataclasses.asdict(self)
-        d.update(pruned_params_pct=self.pruned_params_pct, pruned_neurons_pct=self.pruned_neurons_pct)
+        d.update(pruned_params_pct=self.pruned_params_pct, pruned_neurons_pct=self.pruned_neurons_pct,
+                 pruned_neurons_ref_pct=self.pruned_neurons_ref_pct)
         return d
 
 
@@ -105,11 +117,26 @@ def report(model, kinds=DEFAULT_KINDS):
         totals[name] = totals.get(name, 0) + value.size
         zeros[name] = zeros.get(name, 0) + int(np.count_nonzero(value == 0))
     dead = pruned_neurons(model)
+    dead_ref = incoming_dead_units(model)
     return SparsityReport(
         params=sum(totals.values()), pruned_params=sum(zeros.values()),
         neurons=sum(d.size for d in dead.values()), pruned_neurons=int(sum(d.sum() for d in dead.values())),
         per_layer={n: 100.0 * zeros[n] / totals[n] for n in totals},
-        per_layer_neurons={n: 100.0 * d.mean() for n, d in dead.items()})
+        per_layer_neurons={n: 100.0 * d.mean() for n, d in dead.items()},
+        neurons_ref=sum(d.size for d in dead_ref.values()),
+        pruned_neurons_ref=int(sum(d.sum() for d in dead_ref.values())))
+
+
+def incoming_dead_units(model):
+    """``{layer_name: bool array over output units}`` for every Dense/Conv layer, logits included:
+    True where all incoming weights are zero (the authors' ``architecture_stat`` rule)."""
+    out = {}
+    for layer in all_layers(model):
+        inner = unwrap(layer)
+        if isinstance(inner, DENSE_CONV):
+            kernel = inner.kernel.numpy()
+            out[layer.name] = ~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
+    return out
 
 
 def pruned_neurons(model):

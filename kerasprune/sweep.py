@@ -272,6 +272,7 @@ def _row(method, variant, point, seed, result, target_pct, run_dir):
     return {"method": method, "variant": variant, "point": point, "seed": seed,
             "pruned_params_pct": result["pruned_params_pct"],
             "pruned_neurons_pct": result["pruned_neurons_pct"], "test_error": result["test_error"],
+            "pruned_neurons_ref_pct": result.get("pruned_neurons_ref_pct"),
             "val_error": result.get("val_error"), "test_loss": result.get("test_loss"),
             "target_pruned_params_pct": target_pct, "epochs": result.get("epochs", result.get("epoch")),
             "seconds": result.get("seconds"), "run_dir": run_dir}

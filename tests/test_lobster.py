@@ -340,6 +340,26 @@ def test_sparsity_and_pruned_neurons_of_hand_built_masks_on_dense_and_conv():
     dead = sparsity.pruned_neurons(model)
     np.testing.assert_array_equal(dead["conv"], [False, True, False])
     np.testing.assert_array_equal(dead["fc"], [False, False, True, True])
+    # The authors' count: units of every layer, the 2 logits included (3 + 4 + 2), pruned when all
+    # incoming weights are zero: filter 1 and fc unit 2. fc unit 3 (outgoing only) does not count.
+    assert (report.neurons_ref, report.pruned_neurons_ref) == (9, 2)
+    assert report.pruned_neurons_ref_pct == pytest.approx(100 * 2 / 9)
+    assert report.as_dict()["pruned_neurons_ref_pct"] == pytest.approx(100 * 2 / 9)
+
+
+def test_authors_neuron_count_includes_the_logits_and_ignores_biases():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="h"), keras.layers.ReLU(),
+                              keras.layers.Dense(2, bias_initializer="ones", name="out")])
+    out = model.get_layer("out")
+    kernel = out.kernel.numpy()
+    kernel[:, 0] = 0  # logit 0: no incoming weight left, only its bias
+    out.kernel.assign(kernel)
+    dead = sparsity.incoming_dead_units(model)
+    np.testing.assert_array_equal(dead["out"], [True, False])
+    np.testing.assert_array_equal(dead["h"], [False, False])
+    report = sparsity.report(model)
+    assert (report.neurons_ref, report.pruned_neurons_ref) == (4, 1)
+    assert (report.neurons, report.pruned_neurons) == (2, 0)  # ours: hidden units only, both alive
 
 
 # -- run folders -----------------------------------------------------------------------------------

@@ -253,6 +253,19 @@ def test_killed_sweep_resumes_without_redoing_or_losing_runs(tmp_path, lobster_d
     assert len(keys) == len(set(keys)) == 3 + 4
 
 
+def test_a_table_from_an_older_version_gains_the_new_columns_on_append(tmp_path):
+    table = results.ResultsTable(str(tmp_path / "results.csv"))
+    old = [c for c in results.COLUMNS if c != "pruned_neurons_ref_pct"]
+    with open(table.path, "w") as f:
+        f.write(",".join(old) + "\n" + ",".join(str(row(seed=0).get(c, "")) for c in old) + "\n")
+    table.append(row(seed=1, pruned_neurons_ref_pct=12.5))
+    got = results.read(table.path)
+    assert [(r["seed"], r["pruned_neurons_pct"], r["pruned_neurons_ref_pct"]) for r in got] == [
+        (0.0, 1.0, None), (1.0, 1.0, 12.5)]
+    with open(table.path) as f:
+        assert next(f).strip().split(",") == list(results.COLUMNS)
+
+
 def test_figure1_plots_mean_over_seeds_on_a_log_axis(tmp_path):
     rows = [dict(method="lobster", variant=None, point=p, seed=0, test_error=e, pruned_params_pct=x,
                  pruned_neurons_pct=n) for p, e, x, n in ((0, 0.02, 0.0, 0.0), (1, 0.018, 60.0, 10.0))]

@@ -31,7 +31,7 @@ class LobsterPruning(keras.callbacks.Callback):
       ``points/`` (see :mod:`kerasprune.lobster.points`).
 
     Epoch logs (so CSVLogger and TensorBoard record them) gain ``pruned_params_pct``,
-    ``pruned_neurons_pct`` (total and ``/<layer>``), ``threshold``, ``lmbda`` and ``pruning_level``.
+    ``pruned_neurons_pct`` (total and ``/<layer>``), ``pruned_neurons_ref_pct``, ``threshold``, ``lmbda`` and ``pruning_level``.
 
     Args:
       validation_data: the validation dataset (the threshold search evaluates the loss on it).
@@ -191,7 +191,9 @@ class LobsterPruning(keras.callbacks.Callback):
                    test_error=math.nan, test_loss=math.nan, epoch=epoch + 1,
                    weights=points.weights_name(level), pruned_params=report.pruned_params,
                    params=report.params, pruned_neurons=report.pruned_neurons, neurons=report.neurons,
-                   threshold=float(self.model.optimizer.threshold.numpy()), lr=lr)
+                   threshold=float(self.model.optimizer.threshold.numpy()), lr=lr,
+                   pruned_neurons_ref_pct=report.pruned_neurons_ref_pct,
+                   pruned_neurons_ref=report.pruned_neurons_ref, neurons_ref=report.neurons_ref)
         self.operating_points = [r for r in self.operating_points if r["point"] != level] + [row]
         self._level_weights = (level, self.model.get_weights())
         if self.run_dir:
@@ -234,6 +236,7 @@ class LobsterPruning(keras.callbacks.Callback):
     def _summaries(self, report, opt):
         out = {"pruned_params_pct": report.pruned_params_pct,
                "pruned_neurons_pct": report.pruned_neurons_pct,
+               "pruned_neurons_ref_pct": report.pruned_neurons_ref_pct,
                "threshold": float(opt.threshold.numpy()), "lmbda": float(opt.lmbda.numpy()),
                "pruning_level": int(opt.level.numpy())}
         out.update({f"pruned_params_pct/{k}": v for k, v in report.per_layer.items()})

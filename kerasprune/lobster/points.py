@@ -13,8 +13,9 @@ POINTS_DIR = "points"
 PLOT = "progression.png"
 COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss", "test_error",
            "test_loss", "epoch", "weights", "pruned_params", "params", "pruned_neurons", "neurons",
-           "threshold", "lr")
-_INTS = ("point", "epoch", "pruned_params", "params", "pruned_neurons", "neurons")
+           "threshold", "lr", "pruned_neurons_ref_pct", "pruned_neurons_ref", "neurons_ref")
+_INTS = ("point", "epoch", "pruned_params", "params", "pruned_neurons", "neurons", "pruned_neurons_ref",
+         "neurons_ref")
 
 
 def weights_name(point):
@@ -121,9 +122,12 @@ def plot_progression(run_dir, rows, title=""):
                  label=label)
     ax1.set_ylabel("error [%]")
     ax1.legend()
+    ax2.plot(remaining, [_nan(r.get("pruned_neurons_ref_pct")) for r in rows], marker="o", markersize=3,
+             linewidth=0.8, color="C2", label="incoming weights all zero, logits included (authors' count)")
     ax2.plot(remaining, [_nan(r["pruned_neurons_pct"]) for r in rows], marker="o", markersize=3,
-             linewidth=0.8, color="C2")
+             linewidth=0.8, color="C3", label="dead on inputs or outputs, hidden units (kerasprune's)")
     ax2.set_ylabel("pruned neurons [%]")
+    ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         _pruned_axis(ax, min(remaining, default=100.0))
     fig.suptitle(title)
