@@ -1,0 +1,147 @@
+"""Carries long runs across machines: a run folder's resumable state in one small committed archive.
+
+A session's machine may be replaced by a fresh one, and ``runs/`` goes with it. ``pack`` writes what
+a resume needs into ``experiments/carry/<name>.tar.xz``: config, history, operating points, the
+metrics, the initial weights, the Keras backup (weights, masks, best weights, plateau state) and
+the weights of the points named with ``--points`` (default: the last one, whose test error is
+measured when its level ends). Pruned weights are exact zeros, so xz shrinks them. ``unpack``
+lays it out again, after which the run's own command resumes it. A running run is paused
+(SIGSTOP) while it is packed, so the archive holds one consistent epoch.
+
+usage:
+  python experiments/carry.py pack runs/lobster_lenet5_mnist_reference [--points 0,64,last]
+  python experiments/carry.py unpack experiments/carry/lobster_lenet5_mnist_reference.tar.xz runs/
+  python experiments/carry.py unpack-all runs/      # every archive whose run folder is missing or older
+"""
+import argparse
+import contextlib
+import csv
+import io
+import os
+import signal
+import sys
+import tarfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CARRY = os.path.join(HERE, "carry")
+SKIP = ("points", "saved_models")  # points are chosen one by one; exports are rebuilt by `export`
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="archive a run folder's resumable state")
+    p.add_argument("run_dir")
+    p.add_argument("--points", default="last", help="point numbers to keep, comma-separated, 'last' for the "
+                                                     "last one, 'all' for every one (default: last)")
+    p.add_argument("--out", default=None, help="archive path (default experiments/carry/<run name>.tar.xz)")
+    u = sub.add_parser("unpack", help="restore a run folder from its archive")
+    u.add_argument("archive")
+    u.add_argument("parent", help="folder to create the run folder in (e.g. runs/)")
+    a = sub.add_parser("unpack-all", help="restore every archive in experiments/carry/")
+    a.add_argument("parent")
+    args = parser.parse_args(argv)
+    if args.command == "pack":
+        path = pack(args.run_dir, args.points, args.out)
+        print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB, {epochs_in(args.run_dir)} epochs")
+    elif args.command == "unpack":
+        print(unpack(args.archive, args.parent))
+    else:
+        for name in sorted(os.listdir(CARRY)):
+            if name.endswith(".tar.xz"):
+                print(unpack(os.path.join(CARRY, name), args.parent))
+
+
+def pack(run_dir, points="last", out=None):
+    run_dir = os.path.normpath(run_dir)
+    name = os.path.basename(run_dir)
+    out = out or os.path.join(CARRY, f"{name}.tar.xz")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    keep = _chosen_points(run_dir, points)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    with _paused(run_dir), tarfile.open(tmp, "w:xz") as tar:
+        for root, dirs, files in os.walk(run_dir):
+            rel = os.path.relpath(root, run_dir)
+            if rel == ".":
+                dirs[:] = [d for d in dirs if d not in SKIP]
+            for f in files:
+                if f.endswith(".tmp") or ".tmp." in f:
+                    continue
+                tar.add(os.path.join(root, f), arcname=os.path.normpath(os.path.join(name, rel, f)))
+        for weights in keep:
+            tar.add(os.path.join(run_dir, weights), arcname=os.path.join(name, weights))
+    os.replace(tmp, out)
+    return out
+
+
+def unpack(archive, parent):
+    """Restores ``archive`` under ``parent`` unless a run folder there has as many epochs or more."""
+    with tarfile.open(archive, "r:xz") as tar:
+        names = tar.getnames()
+        name = names[0].split("/")[0]
+        target = os.path.join(parent, name)
+        history = next((m for m in tar.getmembers() if m.name == f"{name}/history.csv"), None)
+        carried = _count_epochs(tar.extractfile(history).read().decode()) if history else 0
+        there = epochs_in(target)
+        if there >= carried and os.path.isdir(target):
+            return f"{target}: kept ({there} epochs there, {carried} in the archive)"
+        if os.path.isdir(target):
+            raise SystemExit(f"{target} exists with {there} epochs, fewer than the archive's {carried}: "
+                             "move it away first, then unpack again")
+        tar.extractall(parent, filter="data")
+    return f"{target}: restored ({carried} epochs); rerun its command to resume"
+
+
+def epochs_in(run_dir):
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return _count_epochs(f.read())
+
+
+def _count_epochs(text):
+    return len({row.get("epoch") for row in csv.DictReader(io.StringIO(text))})
+
+
+def _chosen_points(run_dir, spec):
+    path = os.path.join(run_dir, "operating_points.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if spec == "all":
+        wanted = {r["point"] for r in rows}
+    else:
+        wanted = {rows[-1]["point"] if p == "last" and rows else p for p in spec.split(",") if p}
+    return [r["weights"] for r in rows if r["point"] in wanted
+            and os.path.isfile(os.path.join(run_dir, r["weights"]))]
+
+
+@contextlib.contextmanager
+def _paused(run_dir):
+    """SIGSTOP the processes writing ``run_dir`` (found by ``--out`` on their command line)."""
+    pids = []
+    target = os.path.realpath(run_dir)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if "--out" in argv[:-1] and "python" in os.path.basename(argv[0]):
+            out = argv[argv.index("--out") + 1]
+            if os.path.realpath(os.path.join(cwd, out)) == target:
+                pids.append(int(pid))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
