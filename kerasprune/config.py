@@ -21,6 +21,9 @@ class RunSettings:
     batch_size: int = 100  # global batch: split over the replicas of a distribution strategy
     lr: float = 0.1
     momentum: float = 0.0
+    # Coupled L2 decay, PyTorch SGD's weight_decay: g <- g + weight_decay * w before the optimizer's
+    # update (training.make_optimizer). 0: none. Missing from an old config.json counts as 0.
+    weight_decay: float = 0.0
     optimizer: str = "sgd"
     val_fraction: float = 0.1
     split_seed: int = 0  # seed of the train/validation split (independent of the training seed)
@@ -36,6 +39,8 @@ class RunSettings:
             raise KerasPruneError(f"lr must be positive, got {self.lr}")
         if self.momentum < 0:
             raise KerasPruneError(f"momentum must be >= 0, got {self.momentum}")
+        if self.weight_decay < 0:
+            raise KerasPruneError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 < self.val_fraction < 1:  # runs select and prune on the validation split
             raise KerasPruneError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for name in ("max_train_examples", "max_test_examples"):
@@ -53,6 +58,13 @@ class RunSettings:
     def settings(self):
         """The :class:`RunSettings` fields of this config, as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}
+
+    def make_optimizer(self):
+        """The base optimizer these settings describe (:func:`kerasprune.training.make_optimizer`):
+        use this rather than passing the fields one by one, so no optimizer setting is left out."""
+        from kerasprune import training
+
+        return training.make_optimizer(self.optimizer, self.lr, self.momentum, self.weight_decay)
 
     def load_data(self, shuffle_seed, **kwargs):
         """The dataset splits these settings describe (:func:`kerasprune.data.load`)."""

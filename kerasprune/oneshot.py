@@ -158,7 +158,7 @@ def prepare(config, mask=None, weights=None, schedule=None, kinds=_tfmot.ALL_KIN
     if mask is not None:
         _tfmot.set_masks(wrapped, mask)
     with wrapped.distribute_strategy.scope():
-        training.compile_model(wrapped, training.make_optimizer(config.optimizer, config.lr, config.momentum))
+        training.compile_model(wrapped, config.make_optimizer())
     return wrapped, splits
 
 
@@ -258,7 +258,7 @@ def dense(config, run_dir, verbose="auto"):
     if is_chief() and not os.path.isfile(initial):  # on resume, keep the true initial weights
         model.save_weights(initial)
     with model.distribute_strategy.scope():
-        training.compile_model(model, training.make_optimizer(config.optimizer, config.lr, config.momentum))
+        training.compile_model(model, config.make_optimizer())
     history, _ = training.fit_and_record(model, splits, run_dir, config.epochs, verbose=verbose)
     best = paths.run_file(run_dir, paths.BEST_WEIGHTS)
     if os.path.isfile(best):

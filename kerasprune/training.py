@@ -38,22 +38,86 @@ class TrainConfig(RunSettings):
             raise KerasPruneError(f"epochs must be >= 0, got {self.epochs}")
 
 
-def make_optimizer(name="sgd", lr=0.1, momentum=0.0):
+def _optimizer_classes():
+    """Every current (non-legacy) Keras optimizer class, by lower-case name."""
+    return {n.lower(): c for n, c in vars(keras.optimizers).items()
+            if isinstance(c, type) and issubclass(c, keras.optimizers.Optimizer)
+            and c is not keras.optimizers.Optimizer}
+
+
+class _CoupledWeightDecay:
+    """Mixin for a Keras optimizer: L2 weight decay folded into the gradient, as PyTorch's
+    ``torch.optim.SGD(weight_decay=wd)`` (and Adam, RMSprop, ...) does it: ``g <- g + wd * w``,
+    then the optimizer's own update (momentum, then the step) on that gradient. Keras's own
+    ``weight_decay`` argument is the decoupled form (``w <- w - lr * wd * w`` next to the update,
+    never through the momentum), which is not what PyTorch recipes mean.
+
+    Mechanism: we override ``update_step``, the per-variable update every Keras optimizer
+    implements, because it is the one hook both ways of stepping go through: Keras's own
+    ``apply_gradients`` (``_update_step``/``_update_step_xla`` -> ``update_step``, after the
+    replicas' gradients are aggregated) and kerasprune's ``Lobster`` wrapper, which calls
+    ``base_optimizer.update_step(g, w)`` directly and so skips everything the base does in
+    ``apply_gradients`` (clipping, Keras's ``_apply_weight_decay``, EMA). tf_keras optimizers have
+    no ``gradient_transformers`` hook (only the legacy ones do), so a subclass is the smallest change.
+
+    Which variables decay: every variable the optimizer updates, i.e. all the model's trainable
+    variables (kernels, biases, BatchNorm gamma/beta), as the PyTorch reference does by passing
+    ``model.parameters()`` to SGD. Pruned (masked) parameters are zero, so their decay is zero.
+    Under ``Lobster`` the decay changes only the base step: LOBSTER's sensitivity term still sees the
+    raw loss gradient (``Lobster.update_step`` keeps its own ``gradient``).
+    """
+
+    def __init__(self, *args, coupled_weight_decay=0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.coupled_weight_decay = float(coupled_weight_decay)
+
+    def update_step(self, gradient, variable):
+        if isinstance(gradient, tf.IndexedSlices):  # sparse gradient: the decay touches every row
+            gradient = tf.convert_to_tensor(gradient)
+        decay = tf.cast(self.coupled_weight_decay, variable.dtype)
+        return super().update_step(gradient + decay * tf.convert_to_tensor(variable), variable)
+
+    def get_config(self):
+        config = super().get_config()
+        config["coupled_weight_decay"] = self.coupled_weight_decay
+        return config
+
+
+def _with_coupled_decay(cls):
+    name = f"{cls.__name__}CoupledDecay"
+    sub = type(name, (_CoupledWeightDecay, cls), {"__module__": __name__, "__doc__": (
+        f"``{cls.__name__}`` with coupled (L2, PyTorch-style) weight decay: see make_optimizer.")})
+    # Registered so a serialised optimizer (e.g. the base inside Lobster.get_config) deserialises.
+    return keras.utils.register_keras_serializable(package="kerasprune", name=name)(sub)
+
+
+# Made once, at import: registration must happen before any config naming them is deserialised.
+_COUPLED_DECAY_CLASSES = {cls: _with_coupled_decay(cls) for cls in _optimizer_classes().values()}
+
+
+def make_optimizer(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0):
     """A Keras optimizer by class name, case-insensitive (``sgd``, ``adam``, ``rmsprop``, ...).
 
     ``momentum`` applies to optimizers that have one (SGD, RMSprop). We look the class up ourselves:
     ``keras.optimizers.get`` returns the legacy (v2) classes for names, and kerasprune's optimizers
     (LOBSTER) wrap the current ``keras.optimizers.Optimizer``.
+
+    ``weight_decay`` > 0 is PyTorch's coupled L2 decay (``g <- g + weight_decay * w`` before the
+    optimizer's update, for every trainable variable; see :class:`_CoupledWeightDecay`), not Keras's
+    decoupled ``weight_decay`` argument. The optimizer is then a subclass of the named class (still
+    an instance of it); with 0 it is the plain Keras class.
     """
-    classes = {n.lower(): c for n, c in vars(keras.optimizers).items()
-               if isinstance(c, type) and issubclass(c, keras.optimizers.Optimizer)
-               and c is not keras.optimizers.Optimizer}
+    classes = _optimizer_classes()
     if name.lower() not in classes:
         raise KerasPruneError(f"unknown optimizer {name!r}; valid names are: {', '.join(sorted(classes))}")
+    if weight_decay < 0:
+        raise KerasPruneError(f"weight_decay must be >= 0, got {weight_decay}")
     cls = classes[name.lower()]
     if momentum and "momentum" not in inspect.signature(cls).parameters:
         raise KerasPruneError(f"optimizer {name!r} has no momentum; drop --momentum")
     kwargs = {"momentum": momentum} if "momentum" in inspect.signature(cls).parameters else {}
+    if weight_decay:
+        return _COUPLED_DECAY_CLASSES[cls](learning_rate=lr, coupled_weight_decay=weight_decay, **kwargs)
     return cls(learning_rate=lr, **kwargs)
 
 
@@ -271,8 +335,16 @@ def check_same_config(saved, wanted, out, resumable=("epochs",)):
     """Raises unless the run folder's ``config.json`` (``saved``) matches the config of the command
     resuming it (``wanted``) in every field but ``resumable``: resuming with other settings would
     continue the old weights under a config.json that no longer describes them. ``wanted`` is
-    compared as JSON holds it (tuples become lists)."""
+    compared as JSON holds it (tuples become lists).
+
+    A :class:`RunSettings` field missing from ``saved`` counts as its dataclass default: the folder
+    was written before the field existed, when every run behaved as the default does (e.g.
+    ``weight_decay`` 0). This is the one place that defaulting is done, for every run kind."""
     wanted = json.loads(json.dumps(wanted, default=_json_default))
+    saved = dict(saved)
+    for field in dataclasses.fields(RunSettings):
+        if field.name in wanted and field.name not in saved and field.default is not dataclasses.MISSING:
+            saved[field.name] = field.default
     diff = [k for k in wanted if k not in resumable and saved.get(k) != wanted[k]]
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
@@ -306,7 +378,7 @@ def train(config, out, verbose="auto"):
     with strategy.scope():
         model = models.build(config.model, input_shape=splits.spec.input_shape,
                              num_classes=splits.spec.num_classes, seed=config.seed)
-        compile_model(model, make_optimizer(config.optimizer, config.lr, config.momentum))
+        compile_model(model, config.make_optimizer())
     # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
     save_weights(model, paths.run_file(out, paths.INITIAL_WEIGHTS), keep_existing=True)
     history, seconds = fit_and_record(model, splits, out, config.epochs, verbose=verbose)

@@ -22,6 +22,8 @@ def test_every_config_has_the_shared_settings_and_checks(cls):
         cls(batch_size=0)
     with pytest.raises(KerasPruneError, match=r"val_fraction must be in \(0, 1\), got 0"):
         cls(val_fraction=0)
+    with pytest.raises(KerasPruneError, match="weight_decay must be >= 0, got -0.1"):
+        cls(weight_decay=-0.1)
     with pytest.raises(KerasPruneError, match="max_test_examples must be >= 1"):
         cls(max_test_examples=0)
     with pytest.raises(KerasPruneError, match="max_train_examples 4 leaves no validation example"):
@@ -32,7 +34,7 @@ def test_every_config_has_the_shared_settings_and_checks(cls):
 
 def test_sweep_passes_every_shared_setting_to_its_training_runs():
     values = dict(model="lenet5", dataset="fashion_mnist", batch_size=50, lr=0.05, momentum=0.9,
-                  optimizer="adam", val_fraction=0.2, split_seed=3, data_dir="/data",
+                  weight_decay=1e-4, optimizer="adam", val_fraction=0.2, split_seed=3, data_dir="/data",
                   max_train_examples=7, max_test_examples=9, strategy="one_device")
     assert set(values) == SHARED  # a new shared setting must be added to this test
     cfg = sweep.SweepConfig(**values, epochs=4).train_config(seed=2)
@@ -47,8 +49,9 @@ def test_cli_arguments_fill_the_shared_settings():
     _common.add_data_arguments(parser)
     _common.add_run_arguments(parser)
     args = parser.parse_args(["--model", "lenet5", "--dataset", "mnist", "--lr", "0.01", "--out", "x",
-                              "--max-train-examples", "100"])
+                              "--max-train-examples", "100", "--weight-decay", "1e-4"])
     settings = config.settings_from_args(args)
     assert set(settings) == SHARED
     assert (settings["model"], settings["lr"], settings["max_train_examples"]) == ("lenet5", 0.01, 100)
+    assert settings["weight_decay"] == 1e-4
     assert TrainConfig(**settings).settings() == settings

@@ -167,3 +167,122 @@ def test_lr_plateau_counters_survive_a_restart(tmp_path):
     assert (callback.best, callback.wait) == (1.0, 2)
     callback.on_epoch_end(3, {"val_loss": 1.0})
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+
+
+# -- weight decay (coupled, PyTorch SGD's weight_decay) ----------------------------------------------
+def _tiny_dense():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="d")])
+    model.layers[0].set_weights([np.array([[1.0], [-2.0]], np.float32), np.array([0.5], np.float32)])
+    return model
+
+
+_X, _Y = np.array([[0.3, 0.1]], np.float32), np.array([[0.0]], np.float32)
+
+
+def _grad(p):
+    """Gradient of (x.w + b - y)^2 (mse of one example) at p = [w0, w1, b]."""
+    residual = _X[0] @ p[:2] + p[2] - _Y[0, 0]
+    return 2 * residual * np.array([_X[0, 0], _X[0, 1], 1.0])
+
+
+def _weights(model):
+    kernel, bias = model.get_weights()
+    return np.concatenate([kernel[:, 0], bias])
+
+
+def _pytorch_sgd(lr, momentum, wd, steps, lmbda=0.0, sensitivity_of_raw_gradient=True):
+    """torch.optim.SGD(lr, momentum, weight_decay=wd) by hand (first step: buf = g + wd * w), then,
+    if lmbda, LOBSTER's term w -= lmbda * w * relu(1 - |g|) on the result."""
+    p, buf = np.array([1.0, -2.0, 0.5]), None
+    for step in range(steps):
+        raw = _grad(p)
+        g = raw + wd * p
+        buf = g if step == 0 else momentum * buf + g
+        p = p - lr * buf
+        if lmbda:
+            sens = raw if sensitivity_of_raw_gradient else g
+            p = p - lmbda * p * np.maximum(0.0, 1.0 - np.abs(sens))
+    return p
+
+
+@pytest.mark.parametrize("steps", [1, 2])  # 2: the momentum buffer carries the first step's decay
+def test_sgd_momentum_weight_decay_is_pytorch_coupled_l2(steps):
+    lr, momentum, wd = 0.1, 0.9, 0.05
+    model = _tiny_dense()
+    model.compile(training.make_optimizer("sgd", lr, momentum, weight_decay=wd), loss="mse")
+    for _ in range(steps):
+        model.train_on_batch(_X, _Y)
+    np.testing.assert_allclose(_weights(model), _pytorch_sgd(lr, momentum, wd, steps), rtol=1e-6)
+    # The decay matters at these values (not a test that passes with wd ignored).
+    assert not np.allclose(_weights(model), _pytorch_sgd(lr, momentum, 0.0, steps), rtol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_weight_decay_composes_with_lobster_whose_sensitivity_uses_the_raw_gradient(steps):
+    """Lobster(make_optimizer(..., weight_decay)): the base step is PyTorch's SGD with coupled decay;
+    LOBSTER's term then uses the raw loss gradient g, not g + wd * w: Lobster.update_step passes its
+    gradient to base_optimizer.update_step, which adds the decay to its own copy only."""
+    from kerasprune.lobster import Lobster
+
+    lr, momentum, wd, lmbda = 0.1, 0.9, 0.05, 0.1
+    model = _tiny_dense()
+    model.compile(Lobster(training.make_optimizer("sgd", lr, momentum, weight_decay=wd), lmbda=lmbda),
+                  loss="mse")
+    for _ in range(steps):
+        model.train_on_batch(_X, _Y)
+    np.testing.assert_allclose(_weights(model), _pytorch_sgd(lr, momentum, wd, steps, lmbda), rtol=1e-6)
+    decayed = _pytorch_sgd(lr, momentum, wd, steps, lmbda, sensitivity_of_raw_gradient=False)
+    assert not np.allclose(_weights(model), decayed, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(training._optimizer_classes()))
+def test_weight_decay_adds_wd_times_w_to_the_gradient_of_every_optimizer(name):
+    """For every optimizer make_optimizer builds: stepping with decay on g equals the plain
+    optimizer stepping on g + wd * w (two steps, so slot variables carry the decay)."""
+    wd = 0.1
+    decayed = training.make_optimizer(name, 0.01, weight_decay=wd)
+    plain = training.make_optimizer(name, 0.01)
+    assert isinstance(decayed, type(plain))
+    init = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+    a, b = tf.Variable(init), tf.Variable(init)
+    for g in (np.array([[0.3, -0.1], [0.2, 0.05]], np.float32), np.array([[-0.2, 0.4], [0.1, 0.3]], np.float32)):
+        decayed.apply_gradients([(tf.constant(g), a)])
+        plain.apply_gradients([(tf.constant(g) + wd * b, b)])
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    assert not np.allclose(a.numpy(), init)
+
+
+def test_weight_decay_survives_serialisation_inside_lobster():
+    from kerasprune.lobster import Lobster
+
+    opt = Lobster(training.make_optimizer("sgd", 0.1, 0.9, weight_decay=1e-4))
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt, use_legacy_format=False),
+                                         use_legacy_optimizer=False)
+    assert isinstance(clone.base_optimizer, keras.optimizers.SGD)
+    assert clone.base_optimizer.coupled_weight_decay == pytest.approx(1e-4)
+    assert clone.get_config() == opt.get_config()
+    assert type(training.make_optimizer("sgd", 0.1)) is keras.optimizers.SGD  # no decay: plain Keras
+
+
+def test_negative_weight_decay_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(KerasPruneError, match=r"^weight_decay must be >= 0, got -0.1$"):
+        small(weight_decay=-0.1)
+    with pytest.raises(KerasPruneError, match=r"^weight_decay must be >= 0, got -1$"):
+        training.make_optimizer("sgd", 0.1, weight_decay=-1)
+    code = cli.main(["train", "--model", "lenet300", "--dataset", "mnist", "--weight-decay=-1e-4",
+                     "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "weight_decay must be >= 0, got -0.0001" in err
+    assert not os.path.exists(tmp_path / "r")
+
+
+def test_a_run_folder_from_before_weight_decay_resumes_as_weight_decay_zero(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    old = dataclasses.asdict(small(epochs=1))
+    del old["weight_decay"]  # config.json as kerasprune wrote it before the setting existed
+    training.write_json(str(out / paths.CONFIG), old)
+    with pytest.raises(KerasPruneError, match=r"another configuration \(weight_decay: 0.0 -> 0.0001\)"):
+        training.train(small(epochs=1, weight_decay=1e-4), str(out))
+    assert training.train(small(epochs=1), str(out))["epochs_completed"] == 1
+    assert training.read_json(str(out / paths.CONFIG))["weight_decay"] == 0.0

@@ -41,6 +41,10 @@ def add_training_arguments(parser, epochs_default=10):
                    help="global batch size (split over replicas under --strategy)")
     g.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
     g.add_argument("--momentum", type=float, default=0.0)
+    g.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 weight decay as PyTorch SGD's weight_decay: wd * w is added to the gradient "
+                        "before the optimizer's update (momentum, step), for every trainable "
+                        "variable (default 0: none)")
     g.add_argument("--optimizer", default="sgd", help="any Keras optimizer name (default sgd)")
 
 

@@ -36,7 +36,9 @@ class Lobster(keras.optimizers.Optimizer):
 
     The wrapper shares the base optimizer's iteration counter and learning rate (``lr`` reads and
     writes the base's), so learning-rate schedules and ``ReduceLROnPlateau`` work unchanged. The
-    base's own clipping / weight decay / EMA are not applied: pass those arguments to ``Lobster``.
+    base's own clipping / Keras (decoupled) weight decay / EMA are not applied: pass those arguments to
+    ``Lobster``. A base from ``training.make_optimizer(weight_decay=...)`` (coupled, PyTorch-style) keeps
+    its decay, which lives in its update step.
 
     Args:
       base_optimizer: a ``keras.optimizers.Optimizer`` (not a legacy one); default ``SGD(0.1)``.

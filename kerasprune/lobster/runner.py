@@ -93,7 +93,7 @@ def run(config, out, verbose="auto"):
     with strategy.scope():
         model = models.build(config.model, input_shape=splits.spec.input_shape,
                              num_classes=splits.spec.num_classes, seed=config.seed)
-        base = training.make_optimizer(config.optimizer, config.lr, config.momentum)
+        base = config.make_optimizer()
         training.compile_model(model, Lobster(base, lmbda=config.lmbda, kinds=config.kinds))
     # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
     save_weights(model, paths.run_file(out, paths.INITIAL_WEIGHTS), keep_existing=True)
