@@ -1,4 +1,6 @@
 """HVPs and eigen-solvers against the exact Hessian (a Jacobian of the gradient) on tiny models."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -128,5 +130,73 @@ def test_hessian_uses_inference_mode_batch_norm(digits):
 
 
 def test_unknown_solver_is_a_clear_error(digits):
-    with pytest.raises(KerasPruneError, match="valid names are: lanczos, power"):
+    with pytest.raises(KerasPruneError, match="valid names are: lanczos, power, arpack"):
         analysis.top_eigenvalues(tiny_mlp(), digits, method="arnoldi")
+
+
+class MatrixOperator:
+    """An explicit symmetric matrix behind the flat interface of :class:`analysis.Hessian`."""
+
+    def __init__(self, matrix, mask=None):
+        self.matrix = matrix
+        self.dim = len(matrix)
+        self.mask_flat = np.ones(self.dim) if mask is None else np.asarray(mask, np.float64)
+        self.free = int(self.mask_flat.sum())
+        self.num_hvps = 0
+
+    def hvp_flat(self, v):
+        self.num_hvps += 1
+        return self.mask_flat * (self.matrix @ (self.mask_flat * v))
+
+    def random_vector(self, rng, kind="normal"):
+        return rng.standard_normal(self.dim) * self.mask_flat
+
+
+def known_matrix(n=80, seed=0):
+    """A symmetric matrix with eigenvalues 5, 4, 3, 2, 1.5, then -8 (largest in magnitude) and
+    values in [-1, 1]; and its eigenvectors (columns)."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    values = np.concatenate([[5.0, 4.0, 3.0, 2.0, 1.5, -8.0], np.linspace(-1, 1, n - 6)])
+    return (basis * values) @ basis.T, basis
+
+
+def test_arpack_returns_the_known_top_eigenvalues_of_a_matrix():
+    matrix, basis = known_matrix()
+    op = MatrixOperator(matrix)
+    result = analysis.top_eigenvalues(op, k=5, method="arpack", tol=1e-10, max_iter=1000)
+    assert result.method == "arpack" and result.converged and result.hvps == op.num_hvps > 0
+    np.testing.assert_allclose(result.eigenvalues, [5.0, 4.0, 3.0, 2.0, 1.5], rtol=1e-9)  # not -8: "LA"
+    np.testing.assert_allclose(np.abs(np.sum(result.eigenvectors * basis[:, :5].T, axis=1)), 1.0, rtol=1e-9)
+    mask = np.arange(len(matrix)) % 3 != 0  # pruned entries: the spectrum of the free block
+    expected = np.linalg.eigvalsh(matrix[np.ix_(mask, mask)])[::-1][:3]
+    masked = analysis.arpack(MatrixOperator(matrix, mask), k=3, tol=1e-10, max_iter=1000, seed=1)
+    np.testing.assert_allclose(masked.eigenvalues, expected, rtol=1e-9)
+    assert np.all(masked.eigenvectors[:, ~mask] == 0)
+    small = analysis.arpack(MatrixOperator(matrix[:4, :4]), k=5)  # k >= n: the dense matrix, exactly
+    np.testing.assert_allclose(small.eigenvalues, np.linalg.eigvalsh(matrix[:4, :4])[::-1], rtol=1e-12)
+
+
+def test_arpack_equals_eigh_of_the_masked_hessian(digits):
+    x, y = digits
+    model = tiny_mlp(prune=True)
+    hessian = exact_hessian(model, x, y)
+    op = analysis.Hessian(model, (x, y))
+    free = op.mask_flat.astype(bool)
+    expected = np.linalg.eigvalsh(hessian[np.ix_(free, free)])[::-1][:5]
+    result = analysis.top_eigenvalues(op, k=5, method="arpack", tol=1e-6, max_iter=500)
+    assert result.converged
+    np.testing.assert_allclose(result.eigenvalues, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method, max_iter", [("power", 2), ("lanczos", 6), ("arpack", 1)])
+def test_a_top_k_that_did_not_converge_says_so_with_a_warning(method, max_iter):
+    matrix, _ = known_matrix()
+    with pytest.warns(analysis.EigenConvergenceWarning, match=f"{method}: the top-5 .* did not converge"):
+        result = analysis.top_eigenvalues(MatrixOperator(matrix), k=5, method=method, tol=1e-12,
+                                          max_iter=max_iter)
+    assert not result.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a converged solve is silent
+        assert analysis.top_eigenvalues(MatrixOperator(matrix), k=5, method=method, tol=1e-6,
+                                        max_iter=2000).converged

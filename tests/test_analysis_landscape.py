@@ -87,6 +87,8 @@ def test_union_support_keeps_the_random_direction_off_weights_pruned_in_both(sol
             assert both_zero.any()
             np.testing.assert_array_equal(d2[both_zero], 0.0)
             assert np.all(d2[~both_zero] != 0)
+    np.testing.assert_array_equal(flat(landscape.make_plane(g, s, seed=0).d2), flat(plane.d2))  # the default
+    assert np.all(flat(landscape.make_plane(g, s, seed=0, support="all").d2) != 0)
 
 
 def test_filter_normalised_direction_has_no_bias_component(solutions):
@@ -179,6 +181,9 @@ def test_analyze_command_writes_the_analysis_and_resumes(solutions, tmp_path, ca
     result = json.loads((out / "analysis.json").read_text())
     for key in ("hessian_top5", "psp_l2", "psp_entropy_1", "psp_entropy_2"):
         assert set(result[key]) == {"g", "oneshot"}
+    assert result["conventions"] == {"psp_entropy": "kerasprune", "psp_entropy_2": "kerasprune",
+                                     "support": "union", "eigen_method": "lanczos", "hessian_parameters": "unpruned"}
+    assert result["warnings"] == [] and "WARNING" not in capsys.readouterr().out
     for name in ("g", "oneshot"):
         top = result["hessian_top5"][name]
         assert len(top) == 5 and top == sorted(top, reverse=True)
@@ -199,6 +204,40 @@ def test_analyze_command_writes_the_analysis_and_resumes(solutions, tmp_path, ca
     assert {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()} == mtimes
     again = json.loads((out / "analysis.json").read_text())
     assert again["hessian_top5"] == result["hessian_top5"]
+
+
+def test_analyze_reference_entropy_arpack_and_a_warning_for_a_top_k_that_did_not_converge(solutions, tmp_path,
+                                                                                           capsys, monkeypatch):
+    from kerasprune.commands import analyze
+
+    x, y = next(iter(solutions["splits"].validation.unbatch().batch(100)))  # skips reading MNIST again
+    xy = (x.numpy(), y.numpy())
+    monkeypatch.setattr(analyze, "_samples", lambda settings, data_dir: (xy, xy, xy))
+    out = tmp_path / "analysis"
+    argv = ["analyze", "--g", solutions["g"], "--oneshot", solutions["oneshot"], "--dataset", "mnist",
+            "--out", str(out), "--grid", "2", "--pair-samples", "50", "--psp-entropy", "reference",
+            "--support", "all", "--eigen-method", "all", "--top-k", "3", "--max-iter", "2"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["conventions"] == {"psp_entropy": "reference", "psp_entropy_2": "kerasprune", "support": "all",
+                                     "eigen_method": "lanczos", "hessian_parameters": "unpruned"}
+    for name in ("g", "oneshot"):  # 2 HVPs cannot meet tol 1e-3; ARPACK's one restart may
+        for method in ("lanczos", "power"):
+            assert not result["hessian"][name][method]["converged"]
+            line = f"{name}: {method} top-3 Hessian eigenvalues did not converge"
+            assert sum(w.startswith(line) for w in result["warnings"]) == 1
+            assert f"WARNING: {line}" in printed
+        entropy = result["psp_entropy_1"][name]
+        assert entropy["convention"] == "reference" and set(entropy["per_layer"]) == {"relu1", "relu2", "logits"}
+    assert len(result["warnings"]) == printed.count("WARNING: ")
+    g = load(solutions["g"])  # the map's entropy uses the same convention
+    train, test = solutions["splits"].validation, solutions["splits"].test
+    point = landscape.evaluate_point(analysis.psp_model(g), train, test, second_order=False,
+                                     psp_convention="reference")
+    stats = analysis.psp_statistics(g, train)
+    assert point["psp_entropy_1"] == pytest.approx(
+        analysis.psp_entropy_first_order(stats, convention="reference")["overall"], rel=1e-9)
 
 
 def test_analyze_reads_run_folders_and_sweep_exports(solutions, tmp_path):

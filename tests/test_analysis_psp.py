@@ -239,3 +239,59 @@ def test_psp_monitor_logs_l2_and_entropy_to_logs_and_tensorboard(mnist_arrays, t
     assert history.history["psp_entropy_1"][-1] == pytest.approx(expected, rel=1e-6)
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def hand_stats():
+    """A hand-made PSP sample: 3 classes (the last absent), a hidden layer of 3 units and 2 logits."""
+    return analysis.PSPStats(
+        layers=["hidden"], unit_shapes={"hidden": (3,), "logits": (2,)}, class_counts=np.array([4.0, 2.0, 0.0]),
+        sum_sq={"hidden": 1.0},
+        positive={"hidden": np.array([[0.0, 4.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]),
+                  "logits": np.array([[4.0, 2.0], [0.0, 1.0], [0.0, 0.0]])},
+        output_layer="logits")
+
+
+def test_reference_convention_clamps_p_and_counts_the_output_layer():
+    stats = hand_stats()
+
+    def h(p):  # by hand, as the authors' code: p and 1 - p clamped to [1e-4, 0.9999] separately
+        p, q = min(max(p, 1e-4), 0.9999), min(max(1 - p, 1e-4), 0.9999)
+        return -p * np.log2(p) - q * np.log2(q)
+
+    floor = h(0.0)
+    assert floor == pytest.approx(0.0014730335283281598, rel=1e-12) and h(1.0) == pytest.approx(floor)
+    hidden = [h(0 / 4) + h(1 / 2), h(4 / 4) + h(1 / 2), h(1 / 4) + h(0 / 2)]  # class 2 is absent: skipped
+    logits = [h(4 / 4) + h(0 / 2), h(2 / 4) + h(1 / 2)]
+    got = analysis.psp_entropy_first_order(stats, convention="reference")
+    assert got["convention"] == "reference"
+    np.testing.assert_allclose(got["per_neuron"]["hidden"], hidden, rtol=1e-12)
+    np.testing.assert_allclose(got["per_neuron"]["logits"], logits, rtol=1e-12)
+    assert got["per_layer"] == pytest.approx({"hidden": np.mean(hidden), "logits": np.mean(logits)}, rel=1e-12)
+    assert got["overall"] == pytest.approx(np.mean(hidden + logits), rel=1e-12)
+    ours = analysis.psp_entropy_first_order(stats)  # 0 log 0 = 0, hidden layers only
+    assert ours["convention"] == "kerasprune" and set(ours["per_layer"]) == {"hidden"}
+    np.testing.assert_allclose(ours["per_neuron"]["hidden"], [1.0, 1.0, analysis.binary_entropy(0.25)], rtol=1e-12)
+    np.testing.assert_allclose(analysis.binary_entropy([0.0, 0.5, 1.0], clamp=analysis.REFERENCE_CLAMP),
+                               [floor, 1.0, floor], rtol=1e-12)
+    with pytest.raises(KerasPruneError, match="unknown PSP-entropy convention 'authors'"):
+        analysis.psp_entropy_first_order(stats, convention="authors")
+    with pytest.raises(KerasPruneError, match="valid names are: kerasprune, reference"):
+        analysis.PSPMonitor(None, convention="authors")
+
+
+def test_statistics_count_the_output_layer_for_the_reference_convention(mnist_arrays):
+    x, y = mnist_arrays
+    model = small_convnet()
+    stats = analysis.psp_statistics(model, batches(x, y, 128))
+    assert stats.output_layer == "logits" and "logits" not in stats.layers
+    logits = model.predict(x, verbose=0)
+    expected = np.stack([(logits[y == c] > 0).sum(0) for c in range(10)])
+    np.testing.assert_array_equal(stats.positive["logits"], expected)
+    reference = analysis.psp_entropy_first_order(stats, convention="reference")
+    clamped = lambda z: sum(analysis.binary_entropy((z[y == c] > 0).mean(0), clamp=(1e-4, 0.9999))
+                            for c in range(10))
+    states = brute_states(model, x)
+    every = np.concatenate([clamped(z) for z in states.values()] + [clamped(logits)])
+    assert reference["overall"] == pytest.approx(every.mean(), rel=1e-12)
+    assert list(reference["per_layer"]) == ["relu_conv", "relu_fc", "logits"]
+    assert analysis.psp_l2(stats)["per_layer"].keys() == {"relu_conv", "relu_fc"}  # the output is no PSP

@@ -9,14 +9,17 @@ class PSPMonitor(keras.callbacks.Callback):
 
     The numbers go into the epoch logs as ``psp_l2`` and ``psp_entropy_1`` (so a TensorBoard or
     CSVLogger callback placed *after* this one records them) and, with ``log_dir``, straight into
-    TensorBoard scalars under ``psp/`` (written by the chief only).
+    TensorBoard scalars under ``psp/`` (written by the chief only). ``convention`` is that of
+    :func:`~kerasprune.analysis.psp.psp_entropy_first_order`.
     """
 
-    def __init__(self, data, log_dir=None, freq=1, skip_non_relu=False):
+    def __init__(self, data, log_dir=None, freq=1, skip_non_relu=False, convention="kerasprune"):
         super().__init__()
         if freq < 1:
             raise ValueError(f"freq must be >= 1, got {freq}")
+        psp_lib._check_convention(convention)
         self.data, self.log_dir, self.freq, self.skip_non_relu = data, log_dir, freq, skip_non_relu
+        self.convention = convention
         self._sub, self._writer = None, None
 
     def set_model(self, model):
@@ -28,7 +31,7 @@ class PSPMonitor(keras.callbacks.Callback):
             return
         stats = psp_lib.psp_statistics(self._sub, self.data)
         values = {"psp_l2": psp_lib.psp_l2(stats)["overall"],
-                  "psp_entropy_1": psp_lib.psp_entropy_first_order(stats)["overall"]}
+                  "psp_entropy_1": psp_lib.psp_entropy_first_order(stats, convention=self.convention)["overall"]}
         if logs is not None:
             logs.update(values)
         from kerasprune.distribute import is_chief

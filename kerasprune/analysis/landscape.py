@@ -9,8 +9,10 @@ Goodfellow et al. / Li et al. Options:
   variables (biases, BN) get no random component, as Li et al.'s default ignores them. The whole
   ``d2`` is then scaled to ``|d1|`` as without the option, so the filters' norms are proportional
   to G's (Li et al.'s shape), not equal to them: ``b`` is in units of ``|d1|`` either way.
-- ``support="union"``: ``d2`` is zero on prunable entries that are zero in both G and 1-S, so the
-  plane stays in the union of the two sparse supports (``d1`` already is).
+- ``support="union"`` (the default): ``d2`` is zero on prunable entries that are zero in both G and
+  1-S, so the plane stays in the union of the two sparse supports (``d1`` already is) and no pruned
+  weight or dead neuron comes back off the G-1-S line; ``support="all"`` lets ``d2`` use every
+  weight (the plain Goodfellow/Li plane, which revives them).
 Non-trainable state (batch-norm moving statistics) is not a parameter: it follows the first
 coordinate, ``G + clip(a, 0, 1) (1S - G)``, so ``(1, 0)`` is exactly 1-S and variances stay positive.
 
@@ -61,7 +63,7 @@ def _matching_weights(model_g, model_s):
     return wg, ws
 
 
-def make_plane(model_g, model_s, seed=0, filter_normalize=False, support="all"):
+def make_plane(model_g, model_s, seed=0, filter_normalize=False, support="union"):
     """The :class:`Plane` through ``model_g`` (origin) and ``model_s`` (at ``(1, 0)``)."""
     if support not in ("all", "union"):
         raise KerasPruneError(f"support must be 'all' or 'union', got {support!r}")
@@ -140,22 +142,23 @@ def grid_coordinates(alpha_range=(-0.5, 1.5), beta_range=(-1.0, 1.0), points=21)
 
 
 def evaluate_point(sub_model, train_data, test_data, second_order=True, max_exact_units=1024,
-                   pair_samples=2000, seed=0):
+                   pair_samples=2000, seed=0, psp_convention="kerasprune"):
     """The :data:`METRICS` of the model's current weights: training loss and PSP measures on
-    ``train_data``, error on ``test_data``."""
+    ``train_data``, error on ``test_data`` (``psp_convention``: of the first-order entropy)."""
     stats = psp_lib.psp_statistics(sub_model, train_data, second_order=second_order,
                                    max_exact_units=max_exact_units, pair_samples=pair_samples, seed=seed)
     test = psp_lib.psp_statistics(sub_model, test_data, first_order=False)
     out = {"train_loss": stats.loss, "test_error": test.error,
            "psp_l2": psp_lib.psp_l2(stats)["overall"],
-           "psp_entropy_1": psp_lib.psp_entropy_first_order(stats)["overall"]}
+           "psp_entropy_1": psp_lib.psp_entropy_first_order(stats, convention=psp_convention)["overall"]}
     out["psp_entropy_2"] = (psp_lib.psp_entropy_second_order(stats)["overall"] if second_order
                             else float("nan"))
     return out
 
 
 def evaluate_grid(model_g, plane, alphas, betas, train_data, test_data, second_order=True,
-                  max_exact_units=1024, pair_samples=2000, seed=0, state_path=None, progress=None):
+                  max_exact_units=1024, pair_samples=2000, seed=0, state_path=None, progress=None,
+                  psp_convention="kerasprune"):
     """Evaluates :data:`METRICS` at every ``(alpha, beta)``; returns ``{metric: [len(betas),
     len(alphas)] array}`` (rows are betas, for ``contour(alphas, betas, map)``).
 
@@ -185,7 +188,7 @@ def evaluate_grid(model_g, plane, alphas, betas, train_data, test_data, second_o
                     continue
                 setter.set(float(a), float(b))
                 values = evaluate_point(sub, train_data, test_data, second_order, max_exact_units,
-                                        pair_samples, seed)
+                                        pair_samples, seed, psp_convention)
                 for m in METRICS:
                     maps[m][i, j] = values[m]
                 done[i, j] = True

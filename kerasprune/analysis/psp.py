@@ -24,6 +24,13 @@ on or always off within a class has entropy 0 there; classes absent from the dat
 
 "Overall" means average over every hidden neuron (or pair) of the model, so wide layers weigh in
 proportion to their size; per-layer means are reported too.
+
+First-order conventions (``convention=``): ``"kerasprune"`` is the above. ``"reference"`` is the
+authors' code (EIDOSlab/PSP-entropy), which hooks the output of every top-level module, so the
+output layer's units (logits, "on" when > 0) count as neurons too, and clamps ``p`` and ``1 - p`` to
+``[1e-4, 0.9999]`` (an always-on or always-off neuron gets 0.0015 bits per class, not 0). Absent
+classes are skipped in both (the reference's 0/0 would make them NaN). The reference has no second
+order, so that one has a single convention.
 """
 import dataclasses
 import warnings
@@ -36,6 +43,8 @@ from kerasprune.errors import KerasPruneError
 
 PSP_LAYERS_ATTR = "_kerasprune_psp_layers"
 _LINEAR = ("linear", None)
+PSP_CONVENTIONS = ("kerasprune", "reference")
+REFERENCE_CLAMP = (1e-4, 0.9999)  # of p = P[z > 0 | c] in the authors' code
 _ACTIVATION_LAYERS = ("ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax")
 
 
@@ -148,6 +157,8 @@ class PSPStats:
     """Sums and counts from one pass over a dataset; every reported number derives from these.
 
     ``positive[name]`` is ``[classes, units]``: examples of each class with ``z > 0``.
+    ``positive[output_layer]`` counts the model's outputs (logits) ``> 0`` the same way; the output
+    layer is not in ``layers`` (it is no PSP) and is used only by the reference entropy convention.
     ``pair_n11[name]`` is ``[classes, units, units]`` (exact) or ``[classes, pairs]`` (sampled, the
     pairs in ``pairs[name]`` as an ``[pairs, 2]`` index array).
     """
@@ -161,6 +172,7 @@ class PSPStats:
     pairs: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
     loss_sum: float = 0.0
     correct: float = 0.0
+    output_layer: Optional[str] = None
 
     @property
     def examples(self):
@@ -177,6 +189,13 @@ class PSPStats:
 
     def units(self, name):
         return int(np.prod(self.unit_shapes[name]))
+
+
+def _output_name(sub, names):
+    """Name of the layer producing the model's output (the key of its counts in ``positive``)."""
+    history = getattr(sub.outputs[0], "_keras_history", None)
+    name = history.layer.name if history is not None else "output"
+    return f"{name}:output" if name in names else name
 
 
 def _pair_sample(units, count, rng):
@@ -208,6 +227,8 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
     num_classes = num_classes or int(sub.outputs[0].shape[-1])
     shapes = {n: tuple(int(d) for d in t.shape[1:]) for n, t in zip(names, sub.outputs[1:])}
     units = {n: int(np.prod(s)) for n, s in shapes.items()}
+    output_name = _output_name(sub, names)
+    output_units = int(np.prod(sub.outputs[0].shape[1:]))
     second_order = second_order and first_order
     rng = np.random.default_rng(seed)
     pairs = {}
@@ -229,6 +250,9 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
             "correct": tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y),
                                              tf.float32)),
         }
+        if first_order:  # the output layer's states, for the reference entropy convention
+            on = tf.cast(tf.reshape(logits, [-1, output_units]) > 0, tf.float32)
+            result["out_pos"] = tf.matmul(onehot, on, transpose_a=True)
         for i, (n, z) in enumerate(zip(names, zs)):
             z = tf.reshape(tf.cast(z, tf.float32), [-1, units[n]])
             result[f"sq{i}"] = tf.reduce_sum(tf.square(z))
@@ -269,12 +293,16 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
         warnings.warn(f"classes {absent.tolist()} have no example in the PSP data; the PSP-entropies "
                       "sum over the other classes only, so they do not compare with values over all "
                       f"{num_classes} classes", stacklevel=2)
+    positive = {n: totals[f"pos{i}"] for i, n in enumerate(names)} if first_order else {}
+    if first_order:
+        positive[output_name] = totals["out_pos"]
+        shapes[output_name] = tuple(int(d) for d in sub.outputs[0].shape[1:])
     return PSPStats(
         layers=names, unit_shapes=shapes, class_counts=totals["class"],
-        sum_sq={n: float(totals[f"sq{i}"]) for i, n in enumerate(names)},
-        positive={n: totals[f"pos{i}"] for i, n in enumerate(names)} if first_order else {},
+        sum_sq={n: float(totals[f"sq{i}"]) for i, n in enumerate(names)}, positive=positive,
         pair_n11={n: totals[f"n11_{i}"] for i, n in enumerate(names)} if second_order else {},
-        pairs=pairs, loss_sum=float(totals["loss"]), correct=float(totals["correct"]))
+        pairs=pairs, loss_sum=float(totals["loss"]), correct=float(totals["correct"]),
+        output_layer=output_name if first_order else None)
 
 
 def psp_l2(stats):
@@ -284,9 +312,13 @@ def psp_l2(stats):
     return {"per_layer": per_layer, "overall": sum(stats.sum_sq.values()) / total_values}
 
 
-def binary_entropy(p):
-    """``h(p) = -p log2 p - (1-p) log2 (1-p)`` elementwise, with ``0 log 0 = 0``."""
+def binary_entropy(p, clamp=None):
+    """``h(p) = -p log2 p - (1-p) log2 (1-p)`` elementwise, with ``0 log 0 = 0``; with ``clamp``
+    ``(lo, hi)``, ``p`` and ``1 - p`` are each clipped to it first (the authors' code, with
+    :data:`REFERENCE_CLAMP`)."""
     p = np.asarray(p, np.float64)
+    if clamp is not None:
+        return _plogp(np.clip(p, *clamp)) + _plogp(np.clip(1.0 - p, *clamp))
     return _plogp(p) + _plogp(1.0 - p)
 
 
@@ -303,9 +335,16 @@ def _present(stats):
     return stats.class_counts > 0
 
 
-def neuron_class_entropy(stats, name, per_channel=False):
+def _check_convention(convention):
+    if convention not in PSP_CONVENTIONS:
+        raise KerasPruneError(f"unknown PSP-entropy convention {convention!r}; valid names are: "
+                              f"{', '.join(PSP_CONVENTIONS)}")
+
+
+def neuron_class_entropy(stats, name, per_channel=False, convention="kerasprune"):
     """``H(n|c)`` as ``[units, classes]`` (or ``[channels, classes]``) for layer ``name``; absent
-    classes get 0."""
+    classes get 0. ``convention="reference"`` clamps p as the authors' code does."""
+    _check_convention(convention)
     present = _present(stats)
     counts = stats.positive[name]  # [C, U]
     totals = stats.class_counts
@@ -315,27 +354,38 @@ def neuron_class_entropy(stats, name, per_channel=False):
         counts = counts.reshape(counts.shape[0], positions, channels).sum(axis=1)
         totals = totals * positions
     p = np.divide(counts, np.where(present, totals, 1)[:, None])
-    return np.where(present[:, None], binary_entropy(p), 0.0).T
+    clamp = REFERENCE_CLAMP if convention == "reference" else None
+    return np.where(present[:, None], binary_entropy(p, clamp), 0.0).T
 
 
-def psp_entropy_first_order(stats, per_channel=False):
+def psp_entropy_first_order(stats, per_channel=False, convention="kerasprune"):
     """First-order PSP-entropy (eq. 4-5) from :func:`psp_statistics` output.
+
+    ``convention``: ``"kerasprune"`` (hidden ReLU inputs, ``0 log 0 = 0``) or ``"reference"`` (the
+    authors' code: the output layer counts too, and p is clamped; see the module docstring).
 
     Returns ``{"per_neuron": {layer: H(n) shaped like the layer's units (or [channels])},
     "neuron_class": {layer: [units, classes] H(n|c)}, "per_layer": {layer: mean H(n)},
-    "overall": mean H(n) over every hidden neuron}``.
+    "overall": mean H(n) over every neuron counted, "convention": convention}``.
     """
+    _check_convention(convention)
     if not stats.positive:
         raise KerasPruneError("these PSP statistics have no z > 0 counts (first_order=False)")
+    layers = list(stats.layers)
+    if convention == "reference":
+        if stats.output_layer is None:
+            raise KerasPruneError("these PSP statistics have no output-layer counts, which the reference "
+                                  "convention needs (recompute them with psp_statistics)")
+        layers.append(stats.output_layer)
     per_neuron, matrices = {}, {}
-    for n in stats.layers:
-        h = neuron_class_entropy(stats, n, per_channel)
+    for n in layers:
+        h = neuron_class_entropy(stats, n, per_channel, convention)
         matrices[n] = h
         per_neuron[n] = h.sum(axis=1) if per_channel else h.sum(axis=1).reshape(stats.unit_shapes[n])
     everything = np.concatenate([v.ravel() for v in per_neuron.values()])
     return {"per_neuron": per_neuron, "neuron_class": matrices,
             "per_layer": {n: float(v.mean()) for n, v in per_neuron.items()},
-            "overall": float(everything.mean())}
+            "overall": float(everything.mean()), "convention": convention}
 
 
 def _joint_entropy(n11, n1i, n1j, total):

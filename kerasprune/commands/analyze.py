@@ -3,6 +3,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 
 from kerasprune.commands import _common
 from kerasprune.errors import KerasPruneError
@@ -16,7 +17,9 @@ has a "saved_model" path; --sweep DIR reads DIR/exports.json ("g" and "oneshot")
 
 Writes into --out:
   analysis.json  hessian_top5, psp_l2, psp_entropy_1, psp_entropy_2 (for "g" and "oneshot"),
-                 the grid maps (train_loss, test_error, psp_l2, psp_entropy_1, psp_entropy_2)
+                 the grid maps (train_loss, test_error, psp_l2, psp_entropy_1, psp_entropy_2),
+                 "conventions" (the variants every number used) and "warnings" (e.g. an
+                 eigen-solve that did not converge; also printed as WARNING lines)
   map_<metric>.png (contours with G and 1-S marked), eigenvalues.png (Fig. 2b)
   tensorboard/   the same numbers and figures for TensorBoard
   parts/         finished steps and grid progress: rerun the same command to resume
@@ -35,6 +38,9 @@ QUICK = {"grid": 7, "hessian_examples": 500, "grid_train_examples": 500, "grid_t
 FULL = {"grid": 21, "hessian_examples": 1000, "grid_train_examples": 5000, "grid_test_examples": None,
         "pair_samples": 2000}
 METRICS_PNG = "map_{}.png"
+# --eigen-method: the solvers it runs; the first one's values are hessian_top5.
+EIGEN_METHODS = {"lanczos": ["lanczos"], "arpack": ["arpack"], "power": ["power"],
+                 "both": ["lanczos", "power"], "all": ["lanczos", "arpack", "power"]}
 
 
 def add_arguments(parser):
@@ -55,10 +61,12 @@ def add_arguments(parser):
     h.add_argument("--hessian-examples", type=_common.positive_int, default=None,
                    help=f"training examples the loss is averaged over (default {FULL['hessian_examples']})")
     h.add_argument("--top-k", type=_common.positive_int, default=5, help="number of top eigenvalues (default 5)")
-    h.add_argument("--eigen-method", choices=("lanczos", "power", "both"), default="lanczos")
+    h.add_argument("--eigen-method", choices=tuple(EIGEN_METHODS), default="lanczos",
+                   help="lanczos (default: fewest HVPs), arpack (scipy eigsh, the paper's solver), power, "
+                        "both (lanczos and power) or all; the first one listed gives hessian_top5")
     h.add_argument("--tol", type=float, default=1e-3, help="eigen-solver tolerance (default 1e-3)")
     h.add_argument("--max-iter", type=_common.positive_int, default=100,
-                   help="HVP cap: of Lanczos, or per eigenvalue of power iteration (default 100)")
+                   help="HVP cap: of Lanczos and ARPACK, or per eigenvalue of power iteration (default 100)")
     h.add_argument("--trace", action="store_true",
                    help="also estimate the Hessian trace (Hutchinson; up to --trace-max-iter HVPs per model)")
     h.add_argument("--trace-tol", type=float, default=0.02,
@@ -74,11 +82,10 @@ def add_arguments(parser):
                    help="range along the random orthogonal direction (default -1 1)")
     m.add_argument("--filter-normalize", action="store_true",
                    help="filter-normalise the random direction (Li et al.)")
-    m.add_argument("--support", choices=("all", "union"), default="all",
-                   help="where the random direction may be nonzero. all (default): every weight, so "
-                        "points off the G-1-S line revive pruned weights and dead neurons; union: only "
-                        "weights nonzero in G or 1-S, the reading to use for pruned models "
-                        "(docs/analysis.md)")
+    m.add_argument("--support", choices=("union", "all"), default="union",
+                   help="where the random direction may be nonzero. union (default): only weights nonzero "
+                        "in G or 1-S, the reading to use for pruned models; all: every weight, so points "
+                        "off the G-1-S line revive pruned weights and dead neurons (docs/analysis.md)")
     m.add_argument("--grid-train-examples", type=_common.positive_int, default=None,
                    help="training examples for loss and PSP maps (default 5000; --quick 500)")
     m.add_argument("--grid-test-examples", type=_common.positive_int, default=None,
@@ -87,6 +94,11 @@ def add_arguments(parser):
                    help="sampled neuron pairs per wide layer for second-order entropy (default 2000)")
     m.add_argument("--max-exact-units", type=_common.positive_int, default=1024,
                    help="layers up to this width get exact second-order entropy (default 1024)")
+    p = parser.add_argument_group("PSP-entropy")
+    p.add_argument("--psp-entropy", choices=("kerasprune", "reference"), default="kerasprune",
+                   help="first-order convention, per model and in the map. kerasprune (default): hidden ReLU "
+                        "inputs, 0 log 0 = 0; reference: the authors' code (EIDOSlab/PSP-entropy), which "
+                        "also counts the output layer's units and clamps p to [1e-4, 0.9999]")
 
 
 def resolve_model_path(path):
@@ -142,7 +154,38 @@ def _settings(args):
         "grid_train_examples": pick("grid_train_examples"), "grid_test_examples": pick("grid_test_examples"),
         "pair_samples": pick("pair_samples"), "max_exact_units": args.max_exact_units,
         "max_train_examples": args.max_train_examples, "max_test_examples": args.max_test_examples,
+        "psp_entropy": args.psp_entropy,
     }
+
+
+def _keyed(settings):
+    """``settings`` for the cache keys: a setting added later is left out at the value that was
+    implicit before, so parts computed before it existed stay valid."""
+    return {k: v for k, v in settings.items() if not (k == "psp_entropy" and v == "kerasprune")}
+
+
+def conventions(settings):
+    """The variants behind the numbers of ``analysis.json`` (docs/analysis.md)."""
+    return {
+        "psp_entropy": settings["psp_entropy"],  # psp_entropy_1 (per model and map)
+        "psp_entropy_2": "kerasprune",  # the reference has no second order
+        "support": settings["support"],
+        "eigen_method": EIGEN_METHODS[settings["eigen_method"]][0],  # hessian_top5
+        "hessian_parameters": "unpruned" if settings["masked"] else "all",
+    }
+
+
+def eigen_warnings(name, hessian, settings):
+    """One line per top-k result of ``hessian`` (a :func:`hessian_summary`) that did not converge."""
+    lines = []
+    for method in EIGEN_METHODS[settings["eigen_method"]]:
+        result = hessian[method]
+        if not result["converged"]:
+            values = ", ".join(f"{v:.4g}" for v in result["eigenvalues"])
+            lines.append(f"{name}: {method} top-{settings['top_k']} Hessian eigenvalues did not converge "
+                         f"(tol {settings['tol']}, {result['hvps']} HVPs; values {values}): they may be "
+                         "wrong; raise --max-iter or --tol")
+    return lines
 
 
 def _key(*parts):
@@ -209,13 +252,16 @@ def hessian_summary(model, xy, settings, batch_size):
 
     op = analysis.Hessian(model, xy, masked=settings["masked"], batch_size=batch_size)
     out = {"parameters": op.dim, "free_parameters": op.free, "examples": op.num_examples}
-    methods = ["lanczos", "power"] if settings["eigen_method"] == "both" else [settings["eigen_method"]]
+    methods = EIGEN_METHODS[settings["eigen_method"]]
     for method in methods:
-        result = analysis.top_eigenvalues(op, k=settings["top_k"], method=method, tol=settings["tol"],
-                                          max_iter=settings["max_iter"], seed=settings["seed"])
+        with warnings.catch_warnings():  # run() reports it, as a WARNING line and in analysis.json
+            warnings.simplefilter("ignore", analysis.EigenConvergenceWarning)
+            result = analysis.top_eigenvalues(op, k=settings["top_k"], method=method, tol=settings["tol"],
+                                              max_iter=settings["max_iter"], seed=settings["seed"])
         out[method] = result.as_dict()
         print(f"  {method}: top-{settings['top_k']} {[f'{v:.4g}' for v in result.eigenvalues]} "
-              f"({result.hvps} HVPs, {result.seconds:.1f} s)", flush=True)
+              f"({result.hvps} HVPs, {result.seconds:.1f} s){'' if result.converged else ' NOT CONVERGED'}",
+              flush=True)
     out["top"] = out[methods[0]]["eigenvalues"]
     if settings["trace"]:
         out["trace"] = analysis.hutchinson_trace(op, tol=settings["trace_tol"],
@@ -231,8 +277,8 @@ def psp_summary(model, train_xy, test_xy, settings, batch_size):
                                     max_exact_units=settings["max_exact_units"],
                                     pair_samples=max(settings["pair_samples"], 20000), seed=settings["seed"])
     test = analysis.psp_statistics(model, _dataset(test_xy, batch_size), first_order=False)
-    first = analysis.psp_entropy_first_order(stats)
-    channel = analysis.psp_entropy_first_order(stats, per_channel=True)
+    first = analysis.psp_entropy_first_order(stats, convention=settings["psp_entropy"])
+    channel = analysis.psp_entropy_first_order(stats, per_channel=True, convention=settings["psp_entropy"])
     second = analysis.psp_entropy_second_order(stats)
     return {
         "train_loss": stats.loss, "train_error": stats.error, "test_error": test.error,
@@ -299,7 +345,7 @@ def run(args):
     identity = {n: [p, os.path.getmtime(os.path.join(p, "saved_model.pb"))] for n, p in paths.items()}
     start = time.time()
 
-    results = {}
+    results, warning_lines = {}, []
     for name, model in models.items():
         print(f"{name}: Hessian on {len(hessian_xy[1])} training examples", flush=True)
         h_keys = ("hessian_examples", "top_k", "eigen_method", "tol", "max_iter", "trace", "trace_tol",
@@ -308,8 +354,9 @@ def run(args):
         key = _key(identity[name], {k: settings[k] for k in h_keys})
         hessian = _cached(os.path.join(parts, f"hessian_{name}.json"), key,
                           lambda: hessian_summary(model, hessian_xy, settings, args.batch_size))
+        warning_lines += eigen_warnings(name, hessian, settings)
         print(f"{name}: PSP statistics", flush=True)
-        key = _key(identity[name], settings)
+        key = _key(identity[name], _keyed(settings))
         psp = _cached(os.path.join(parts, f"psp_{name}.json"), key,
                       lambda: psp_summary(model, train_xy, test_xy, settings, args.batch_size))
         results[name] = {"hessian": hessian, "psp": psp,
@@ -319,7 +366,7 @@ def run(args):
     plane = landscape.make_plane(models["g"], models["oneshot"], seed=settings["seed"],
                                  filter_normalize=settings["filter_normalize"], support=settings["support"])
     print(f"maps: {len(alphas)} x {len(betas)} points; |d1| = {plane.norms()['d1']:.4g}", flush=True)
-    grid_key = _key(identity, settings)
+    grid_key = _key(identity, _keyed(settings))
     state = os.path.join(parts, f"grid_{grid_key}.npz")
     total = len(alphas) * len(betas)
     if _verbosity("auto") == 1:
@@ -329,7 +376,8 @@ def run(args):
     maps = landscape.evaluate_grid(
         models["g"], plane, alphas, betas, _dataset(train_xy, args.batch_size),
         _dataset(test_xy, args.batch_size), max_exact_units=settings["max_exact_units"],
-        pair_samples=settings["pair_samples"], seed=settings["seed"], state_path=state, progress=progress)
+        pair_samples=settings["pair_samples"], seed=settings["seed"], state_path=state, progress=progress,
+        psp_convention=settings["psp_entropy"])
 
     figures = []
     if is_chief():
@@ -339,11 +387,12 @@ def run(args):
         figures.append(plots.plot_eigenvalues(results["g"]["hessian"]["top"], results["oneshot"]["hessian"]["top"],
                                               os.path.join(args.out, "eigenvalues.png")))
     analysis = {
-        "models": paths, "settings": settings,
+        "models": paths, "settings": settings, "conventions": conventions(settings), "warnings": warning_lines,
         "hessian_top5": {n: r["hessian"]["top"] for n, r in results.items()},
         "hessian": {n: r["hessian"] for n, r in results.items()},
         "psp_l2": {n: r["psp"]["psp_l2"] for n, r in results.items()},
-        "psp_entropy_1": {n: r["psp"]["psp_entropy_1"] for n, r in results.items()},
+        "psp_entropy_1": {n: r["psp"]["psp_entropy_1"] | {"convention": settings["psp_entropy"]}
+                          for n, r in results.items()},
         "psp_entropy_2": {n: r["psp"]["psp_entropy_2"] for n, r in results.items()},
         "performance": {n: {k: r["psp"][k] for k in ("train_loss", "train_error", "test_error")}
                         | {"pruned_params_pct": r["pruned_params_pct"]} for n, r in results.items()},
@@ -362,4 +411,6 @@ def run(args):
                    "psp_entropy_1": round(analysis["psp_entropy_1"][n]["overall"], 4),
                    "psp_entropy_2": round(analysis["psp_entropy_2"][n]["overall"], 4)} for n in results}
     print(json.dumps(summary))
+    for line in warning_lines:
+        print(f"WARNING: {line}", flush=True)
     print(f"wrote {os.path.join(args.out, 'analysis.json')} and {len(figures)} figures")
