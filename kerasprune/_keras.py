@@ -17,6 +17,14 @@ import tf_keras as keras  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
 
+# KERASPRUNE_THREADS=N sizes TensorFlow's thread pools for this process (N intra-op threads, one
+# inter-op thread), set here because it must happen before the first op runs. Processes sharing a
+# machine (``sweep --jobs``, or long runs side by side) each take their share of the cores this way.
+_threads = os.environ.get("KERASPRUNE_THREADS")
+if _threads:
+    tf.config.threading.set_intra_op_parallelism_threads(int(_threads))
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
 _tfmot = None
 
 

@@ -19,6 +19,18 @@ def command_modules():
     return {name: importlib.import_module(f"kerasprune.commands.{name}") for name in names}
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's default shown unless its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("default" not in text.lower() and action.option_strings
+                and not (default is None or default is False or default == argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="kerasprune",
@@ -30,7 +42,7 @@ def build_parser():
     sub.required = True
     for name, module in command_modules().items():
         p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=_HelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -38,6 +50,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # for commands that start workers
     try:
         result = args._run(args)
     except KerasPruneError as exc:

@@ -7,6 +7,7 @@ imports no TensorFlow (``kerasprune --help`` stays fast).
 """
 import dataclasses
 import os
+import typing
 from typing import Optional
 
 from kerasprune.errors import KerasPruneError
@@ -33,6 +34,7 @@ class RunSettings:
     strategy: str = "default"
 
     def __post_init__(self):
+        _check_types(self)
         if self.batch_size < 1:
             raise KerasPruneError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
@@ -50,10 +52,13 @@ class RunSettings:
         if self.max_train_examples is not None and round(self.max_train_examples * self.val_fraction) < 1:
             raise KerasPruneError(f"max_train_examples {self.max_train_examples} leaves no validation example "
                                   f"at val_fraction {self.val_fraction}")
-        from kerasprune import data
+        from kerasprune import data, models, training
 
         if self.dataset not in data.DATASETS and not os.path.isdir(self.dataset):
             data.spec(self.dataset)  # raises the unknown-name error, before any run folder is made
+        # Names too, before any run folder is made: a typo must not pin a folder's config.json.
+        models.MODELS.get_or_raise(self.model)
+        training.check_optimizer_name(self.optimizer, self.momentum)
 
     def settings(self):
         """The :class:`RunSettings` fields of this config, as keyword arguments."""
@@ -74,6 +79,38 @@ class RunSettings:
                          val_fraction=self.val_fraction, split_seed=self.split_seed,
                          shuffle_seed=shuffle_seed, max_train_examples=self.max_train_examples,
                          max_test_examples=self.max_test_examples, **kwargs)
+
+
+def _check_types(config):
+    """One-line errors for values of the wrong type (e.g. ``epochs = "2"`` in a TOML file), checked
+    against the dataclass annotations of ``config``'s class, so each subclass's fields are covered."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value, hint = getattr(config, field.name), hints.get(field.name)
+        allowed = _allowed_types(hint)
+        if allowed is None or isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
+            continue
+        names = " or ".join(sorted({t.__name__ for t in allowed if t is not type(None)}))
+        raise KerasPruneError(f"{field.name} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _allowed_types(hint):
+    """The runtime types a field annotated ``hint`` accepts (None: not checked)."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        parts = [_allowed_types(a) for a in typing.get_args(hint)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)
+    if hint is type(None):
+        return (type(None),)
+    if hint is float:
+        return (float, int)
+    if hint in (int, str, bool):
+        return (hint,)
+    if origin in (list, tuple) or hint in (list, tuple):
+        return (list, tuple)
+    if origin is dict or hint is dict:
+        return (dict,)
+    return None
 
 
 def settings_from_args(args):

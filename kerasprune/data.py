@@ -12,8 +12,10 @@ Validation is a seeded split of the training set (10% by default, as LOBSTER's c
 test set is never used for model selection. The split seed is separate from the training seed, so
 every run of a sweep validates on the same examples.
 """
+import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 from typing import NamedTuple, Optional, Tuple
 
@@ -58,12 +60,85 @@ DATASETS = {
 
 
 class DatasetSplits(NamedTuple):
-    """Batched, prefetched pipelines; ``spec`` says shapes, classes and normalisation."""
+    """Batched, prefetched pipelines; ``spec`` says shapes, classes and normalisation.
+
+    ``train`` reshuffles on every pass (for your own ``model.fit``). Runs train on
+    ``train_epochs(start_epoch)`` instead (see :class:`EpochStream`): the batches of epoch ``e``
+    depend on ``(shuffle_seed, e)`` only, so a run resumed at epoch ``k`` sees what an
+    uninterrupted one sees.
+    """
 
     train: "object"
     validation: "object"
     test: "object"
     spec: DatasetSpec
+    train_epochs: "object" = None  # EpochStream of the training split
+
+
+class EpochStream:
+    """``stream(start_epoch)``: an endless tf.data stream of training batches, epoch after epoch from
+    ``start_epoch``, each epoch in the order of a permutation drawn from ``(seed, epoch)`` alone.
+
+    Use with ``model.fit(stream(k), steps_per_epoch=stream.steps_per_epoch, ...)``. The images
+    stay uint8 in memory and whole batches are gathered and normalised at once: no per-example
+    work per epoch (augmentation, when on, is per example, with stateless seeds from
+    ``(seed, epoch, example)`` so it is as reproducible as the order).
+    """
+
+    def __init__(self, x, y, dspec, batch_size, seed=0, augment=False):
+        self.x, self.y, self.dspec = x, y.astype(np.int64), dspec
+        self.batch_size, self.seed, self.augment = batch_size, int(seed), augment
+        self.steps_per_epoch = -(-len(x) // batch_size)  # the last batch may be short
+
+    def permutation(self, epoch):
+        """The order of the training examples in epoch ``epoch`` (numpy, for tests and users)."""
+        from kerasprune._keras import tf
+
+        return self._permutation(tf.constant(epoch, tf.int64)).numpy()
+
+    def _permutation(self, epoch):
+        from kerasprune._keras import tf
+
+        seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
+        return tf.random.experimental.stateless_shuffle(tf.range(len(self.x), dtype=tf.int64), seed=seed)
+
+    def __call__(self, start_epoch=0):
+        from kerasprune._keras import tf
+
+        x, y = tf.constant(self.x), tf.constant(self.y)
+        normalize = _normalizer(self.dspec)
+        height, width, channels = self.x.shape[1:]
+        batch_size, augment, seed = self.batch_size, self.augment, self.seed
+
+        def one_epoch(epoch):
+            order = tf.data.Dataset.from_tensor_slices(self._permutation(epoch))
+            if not augment:
+                batches = order.batch(batch_size).map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
+            else:
+                def crop_and_flip(i):
+                    key = tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + epoch, i])
+                    image = tf.pad(tf.gather(x, i), [[4, 4], [4, 4], [0, 0]])
+                    image = tf.image.stateless_random_crop(image, (height, width, channels), seed=key)
+                    image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
+                    return image, tf.gather(y, i)
+
+                batches = order.map(crop_and_flip).batch(batch_size)
+            return batches.map(normalize)
+
+        stream = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(one_epoch)
+        return stream.prefetch(tf.data.AUTOTUNE)
+
+
+def _normalizer(dspec):
+    from kerasprune._keras import tf
+
+    mean = tf.constant(dspec.mean, tf.float32)
+    std = tf.constant(dspec.std, tf.float32)
+
+    def normalize(image, label):
+        return (tf.cast(image, tf.float32) / 255.0 - mean) / std, label
+
+    return normalize
 
 
 class Arrays(NamedTuple):
@@ -144,21 +219,19 @@ def load(name, data_dir=None, batch_size=100, val_fraction=0.1, split_seed=0, sh
                        seed=shuffle_seed, augment=augment),
         validation=pipeline(arrays.x_val, arrays.y_val, dspec, eval_batch_size),
         test=pipeline(arrays.x_test, arrays.y_test, dspec, eval_batch_size),
-        spec=dspec)
+        spec=dspec,
+        train_epochs=EpochStream(arrays.x_train, arrays.y_train, dspec, batch_size, seed=shuffle_seed,
+                                 augment=augment))
 
 
 def pipeline(x, y, dspec, batch_size, training=False, seed=0, augment=False):
     """uint8 images -> shuffled (training), augmented (optional), normalised, batched, prefetched."""
     from kerasprune._keras import tf
 
-    mean = tf.constant(dspec.mean, tf.float32)
-    std = tf.constant(dspec.std, tf.float32)
+    normalize = _normalizer(dspec)
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
     if training:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-
-    def normalize(image, label):
-        return (tf.cast(image, tf.float32) / 255.0 - mean) / std, label
 
     if training and augment:
         height, width, channels = x.shape[1:]
@@ -247,9 +320,15 @@ def _read_tfds(dspec, manual_dir):
         kwargs["download_and_prepare_kwargs"] = {
             "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir),
             "download_dir": os.path.join(cache_dir(), "tfds_downloads", dspec.name)}
+    quiet = manual_dir is not None
+    if quiet and not _prepared(dspec):
+        # TFDS would announce "Downloading and preparing dataset" while it reads local files.
+        print(f"preparing {dspec.name} from the local files in {manual_dir} (first use only; cached "
+              f"in {os.path.join(cache_dir(), 'tfds')})", flush=True)
     try:
-        splits = tfds.load(dspec.tfds_name, split=["train", "test"], batch_size=-1, as_supervised=True,
-                           data_dir=os.path.join(cache_dir(), "tfds"), try_gcs=False, **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            splits = tfds.load(dspec.tfds_name, split=["train", "test"], batch_size=-1, as_supervised=True,
+                               data_dir=os.path.join(cache_dir(), "tfds"), try_gcs=False, **kwargs)
     except Exception as exc:  # TFDS raises many types; each is turned into one actionable line
         raise KerasPruneError(_explain_tfds_error(dspec, manual_dir, exc)) from exc
     return tuple((np.asarray(x), np.asarray(y)) for x, y in tfds.as_numpy(splits))

@@ -237,6 +237,9 @@ def load_weights(model, weights):
     try:
         model.load_weights(weights)
         return model
+    except OSError as exc:  # h5py: a truncated or overwritten file
+        raise KerasPruneError(f"{weights} cannot be read ({str(exc).splitlines()[0][:120]}): the file is "
+                              "damaged; restore it or rerun the run that wrote it") from None
     except (ValueError, KeyError) as plain_error:
         api = tfmot().sparsity.keras
         with model.distribute_strategy.scope():

@@ -186,7 +186,8 @@ def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmo
     os.makedirs(run_dir, exist_ok=True)
     wrapped, splits = prepare(config, mask, weights, schedule, kinds)
     history, _ = training.fit_and_record(wrapped, splits, run_dir, config.epochs,
-                                         callbacks=_tfmot.callbacks(), verbose=verbose)
+                                         callbacks=_tfmot.callbacks() + [sparsity.SparsityLogger()],
+                                         verbose=verbose)
     best = paths.run_file(run_dir, paths.BEST_WEIGHTS)
     if select == "best" and os.path.isfile(best):
         wrapped.load_weights(best)

@@ -245,3 +245,19 @@ def _reaches_any(layer, candidates, nodes=None):
             return True
         stack += consumers(current, nodes)
     return False
+
+
+class SparsityLogger(keras.callbacks.Callback):
+    """Puts the model's sparsity into the epoch logs (so ``history.csv`` and TensorBoard show what a
+    retraining trains at): ``pruned_params_pct``, ``pruned_neurons_pct``, ``pruned_neurons_ref_pct``.
+    Place it after TF-MOT's ``UpdatePruningStep``, which writes the masks into the weights at epoch end."""
+
+    def __init__(self, kinds=DEFAULT_KINDS):
+        super().__init__()
+        self.kinds = tuple(kinds)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            rep = report(self.model, self.kinds)
+            logs.update(pruned_params_pct=rep.pruned_params_pct, pruned_neurons_pct=rep.pruned_neurons_pct,
+                        pruned_neurons_ref_pct=rep.pruned_neurons_ref_pct)

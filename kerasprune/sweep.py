@@ -173,11 +173,17 @@ class Job:
         return [key_of({"method": self.method, "variant": self.variant, "point": p, "seed": self.seed})
                 for p in pts]
 
-    def run_dir(self, out):
+    @property
+    def run_id(self):
+        """``method[_variant]/point_NNN/seed_S`` (IMP: ``imp/seed_S``): the run's folder under
+        ``OUT/runs/`` and its name for ``--only``."""
         name = self.method + (f"_{self.variant}" if self.variant else "")
         if self.point is None:
-            return os.path.join(out, "runs", name, f"seed_{self.seed}")
-        return os.path.join(out, "runs", name, f"point_{self.point:03d}", f"seed_{self.seed}")
+            return f"{name}/seed_{self.seed}"
+        return f"{name}/point_{self.point:03d}/seed_{self.seed}"
+
+    def run_dir(self, out):
+        return os.path.join(out, "runs", *self.run_id.split("/"))
 
 
 def jobs_for(config, points):
@@ -195,9 +201,18 @@ def jobs_for(config, points):
     return jobs
 
 
-def run(config, out, verbose="auto"):
-    """Runs (or resumes) the sweep in ``out``; returns the rows of the results table."""
-    from kerasprune import oneshot, report, training
+LOBSTER_RUN_ID = "lobster"  # --only lobster: the LOBSTER run the sweep's points come from
+
+
+def run(config, out, verbose="auto", only=None, assemble=True):
+    """Runs (or resumes) the sweep in ``out``; returns the rows of the results table.
+
+    ``only``: run just the job with this run id (``Job.run_id``, or ``lobster``), for schedulers
+    that run a sweep's runs one by one (see :func:`pending_runs`). ``assemble=False`` skips the
+    figure and the exports (a worker beside other processes of the same sweep); a plain run on a
+    folder whose runs are all done only assembles them.
+    """
+    from kerasprune import oneshot, report, training  # noqa: F401  (oneshot: jobs import it anyway)
     from kerasprune.distribute import declare_strategy, is_chief
 
     declare_strategy(config.strategy)  # before the first write (a stale TF_CONFIG must not mute it)
@@ -210,6 +225,34 @@ def run(config, out, verbose="auto"):
     for row in all_points:
         _append(table, _row("lobster", "", row["point"], int(_lobster_seed(lobster_dir, config)), row,
                             row["pruned_params_pct"], os.path.relpath(lobster_dir, out)))
+    if only == LOBSTER_RUN_ID:
+        return table.rows()
+    points = _chosen_points(config, lobster_dir, all_points)
+    ctx = _Context(config, out, lobster_dir, points, table, verbose)
+    jobs = jobs_for(config, points)
+    if only is not None:
+        chosen = [j for j in jobs if j.run_id == only]
+        if not chosen:
+            raise KerasPruneError(f"no run {only!r} in this sweep; `kerasprune sweep CONFIG --out {out} "
+                                  "--list-runs` prints the pending ones")
+        jobs = chosen
+    ctx.start(jobs)
+    deferred = [job for job in jobs if not ctx.run_job(job, blocking=False)]
+    for job in deferred:  # another sweep held them: wait for it, then do what it left undone
+        ctx.run_job(job, blocking=True)
+    rows = table.rows()
+    if only is None and assemble and is_chief():
+        from kerasprune import results
+
+        with file_lock(os.path.join(out, "exports.lock")):  # two sweeps finishing together
+            report.figure1(results.read(table.path), os.path.join(out, "figure1.png"),
+                           title=f"{config.name}: {config.model} on {config.dataset}")
+            export_solutions(config, out, lobster_dir, points, results.read(table.path))
+        print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, 'figure1.png')}")
+    return rows
+
+
+def _chosen_points(config, lobster_dir, all_points):
     points = [p for p in all_points
               if (p["point"] in config.points if config.points is not None else p["pruned_params_pct"] > 0)]
     missing = sorted(set(config.points or ()) - {p["point"] for p in all_points})
@@ -222,22 +265,20 @@ def run(config, out, verbose="auto"):
         raise KerasPruneError(f"{lobster_dir} has no finished operating point to run (selected: "
                               f"{config.points or 'all with sparsity > 0'}); if LOBSTER is still running, "
                               "rerun the sweep once it has finished a sparsity level")
-    ctx = _Context(config, out, lobster_dir, points, table, verbose)
-    jobs = jobs_for(config, points)
-    ctx.start(jobs)
-    deferred = [job for job in jobs if not ctx.run_job(job, blocking=False)]
-    for job in deferred:  # another sweep held them: wait for it, then do what it left undone
-        ctx.run_job(job, blocking=True)
-    rows = table.rows()
-    if is_chief():
-        from kerasprune import results
+    return points
 
-        with file_lock(os.path.join(out, "exports.lock")):  # two sweeps finishing together
-            report.figure1(results.read(table.path), os.path.join(out, "figure1.png"),
-                           title=f"{config.name}: {config.model} on {config.dataset}")
-            export_solutions(config, out, lobster_dir, points, results.read(table.path))
-    print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, 'figure1.png')}")
-    return rows
+
+def pending_runs(config, out):
+    """Run ids of the sweep's runs not yet in ``OUT/results.csv``, in the order a sweep runs them;
+    ``["lobster"]`` while the LOBSTER run the points come from has not finished."""
+    lobster_dir = config.lobster_dir or os.path.join(out, "lobster")
+    finished = (config.lobster_dir is not None
+                or os.path.isfile(os.path.join(lobster_dir, "metrics.json")))
+    if not finished or not os.path.isfile(os.path.join(lobster_dir, "operating_points.csv")):
+        return [LOBSTER_RUN_ID]
+    points = _chosen_points(config, lobster_dir, read_operating_points(lobster_dir))
+    done = ResultsTable(os.path.join(out, "results.csv")).done()
+    return [j.run_id for j in jobs_for(config, points) if not all(k in done for k in j.keys(points))]
 
 
 # The settings a LOBSTER run must share with the sweep for its masks and initial weights to mean

@@ -34,8 +34,8 @@ class TrainConfig(RunSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.epochs < 0:
-            raise KerasPruneError(f"epochs must be >= 0, got {self.epochs}")
+        if self.epochs < 1:
+            raise KerasPruneError(f"epochs must be >= 1, got {self.epochs}")
 
 
 def _optimizer_classes():
@@ -95,6 +95,17 @@ def _with_coupled_decay(cls):
 _COUPLED_DECAY_CLASSES = {cls: _with_coupled_decay(cls) for cls in _optimizer_classes().values()}
 
 
+def check_optimizer_name(name, momentum=0.0):
+    """The optimizer class ``name`` stands for, or a one-line error (unknown name, no momentum)."""
+    classes = _optimizer_classes()
+    if name.lower() not in classes:
+        raise KerasPruneError(f"unknown optimizer {name!r}; valid names are: {', '.join(sorted(classes))}")
+    cls = classes[name.lower()]
+    if momentum and "momentum" not in inspect.signature(cls).parameters:
+        raise KerasPruneError(f"optimizer {name!r} has no momentum; drop --momentum")
+    return cls
+
+
 def make_optimizer(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0):
     """A Keras optimizer by class name, case-insensitive (``sgd``, ``adam``, ``rmsprop``, ...).
 
@@ -107,25 +118,32 @@ def make_optimizer(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0):
     decoupled ``weight_decay`` argument. The optimizer is then a subclass of the named class (still
     an instance of it); with 0 it is the plain Keras class.
     """
-    classes = _optimizer_classes()
-    if name.lower() not in classes:
-        raise KerasPruneError(f"unknown optimizer {name!r}; valid names are: {', '.join(sorted(classes))}")
+    cls = check_optimizer_name(name, momentum)
     if weight_decay < 0:
         raise KerasPruneError(f"weight_decay must be >= 0, got {weight_decay}")
-    cls = classes[name.lower()]
-    if momentum and "momentum" not in inspect.signature(cls).parameters:
-        raise KerasPruneError(f"optimizer {name!r} has no momentum; drop --momentum")
     kwargs = {"momentum": momentum} if "momentum" in inspect.signature(cls).parameters else {}
     if weight_decay:
         return _COUPLED_DECAY_CLASSES[cls](learning_rate=lr, coupled_weight_decay=weight_decay, **kwargs)
     return cls(learning_rate=lr, **kwargs)
 
 
-def compile_model(model, optimizer, **kwargs):
-    """Compiles for classification from logits (all kerasprune models output logits)."""
+# Training steps per call of Keras' compiled train function. Keras' per-step dispatch (the Python
+# loop, callbacks, progress) costs more than a LeNet-300 step's arithmetic on one core; a loop of
+# steps inside one tf.function does the same arithmetic (LOBSTER's term and masks, TF-MOT's
+# pruning_step and mask updates all run inside the step), measured bit-for-bit identical and about
+# 1.5x faster on LeNet-300 (bench/bench_throughput.py). Per-batch callbacks then run once per
+# chunk: StopOnNaN still sees a NaN loss (a NaN stays NaN), at the chunk's last batch.
+STEPS_PER_EXECUTION = 50
+
+
+def compile_model(model, optimizer, steps_per_execution=None, **kwargs):
+    """Compiles for classification from logits (all kerasprune models output logits).
+
+    ``steps_per_execution``: default :data:`STEPS_PER_EXECUTION`."""
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")], **kwargs)
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  steps_per_execution=steps_per_execution or STEPS_PER_EXECUTION, **kwargs)
     return model
 
 
@@ -233,7 +251,18 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
             initial_value_threshold=best_in_history(history_path, monitor)))
     if backup:
         callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
+    callbacks.append(ShortConsoleLine())
     return callbacks
+
+
+class ShortConsoleLine(keras.callbacks.Callback):
+    """Drops per-layer values (``name/layer`` keys) from the epoch logs once the history and
+    TensorBoard have them, so Keras' console line (its progress bar runs last) stays readable: a
+    ResNet-32's per-layer sparsities made it 5,000 characters long."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in [k for k in (logs or {}) if "/" in k]:
+            del logs[key]
 
 
 def read_history(run_dir, every_row=False):
@@ -263,17 +292,48 @@ def best_in_history(history_path, monitor):
 def fit_and_record(model, splits, run_dir, epochs, callbacks=(), verbose="auto", best_checkpoint=True):
     """``model.fit`` with the run callbacks plus ``callbacks``; returns the full epoch history rows.
 
+    Trains on ``splits.train_epochs`` (when the splits have it, as :func:`kerasprune.data.load`'s
+    do), started at the epoch the backup resumes from, so epoch ``e`` sees the batches of
+    ``(shuffle seed, e)`` whether or not the run was killed before it.
+
     ``best_checkpoint=False`` drops the best-by-validation-loss checkpoint, for runs (LOBSTER) that
     keep their own best weights per sparsity level and where one best over all levels means nothing.
     """
     refuse_diverged(run_dir)
     standard = run_callbacks(run_dir, best_checkpoint=best_checkpoint)
     all_callbacks = standard[:1] + list(callbacks) + standard[1:]
+    if splits.train_epochs is not None:
+        stream = splits.train_epochs
+        train, steps = stream(resume_epoch(run_dir)), stream.steps_per_epoch
+    else:
+        train, steps = splits.train, None
     start = time.time()
-    model.fit(splits.train, validation_data=splits.validation, epochs=epochs,
+    model.fit(train, steps_per_epoch=steps, validation_data=splits.validation, epochs=epochs,
               callbacks=all_callbacks, verbose=_verbosity(verbose))
     next(c for c in standard if isinstance(c, StopOnNaN)).raise_if_stopped(run_dir)
     return read_history(run_dir), time.time() - start
+
+
+def resume_epoch(run_dir):
+    """The epoch (0-based) ``BackupAndRestore`` resumes ``run_dir`` at: 0 without a backup.
+
+    Reads the whole backup first, so a damaged one (a copy cut short, a full disk) is a one-line
+    error here rather than an IndexError deep inside Keras' restore."""
+    backup = paths.run_file(run_dir, paths.BACKUP)
+    latest = tf.train.latest_checkpoint(os.path.join(backup, "chief"))
+    if latest is None:
+        return 0
+    key = "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"  # tf_keras' WorkerTrainingState counter
+    try:
+        reader = tf.train.load_checkpoint(latest)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+        epoch = int(reader.get_tensor(key))
+    except Exception as exc:  # noqa: BLE001  (TF raises several kinds for a damaged file)
+        raise KerasPruneError(f"the backup {latest} is damaged ({type(exc).__name__}), so {run_dir} cannot "
+                              f"resume; restore {backup} from a copy (experiments/carry.py archives hold "
+                              f"one), or delete {run_dir} to start over") from None
+    return epoch + 1
 
 
 def _verbosity(verbose):
@@ -300,8 +360,14 @@ def _json_default(value):
 
 
 def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    """The JSON in ``path``; a damaged file is a one-line error naming it (not a JSONDecodeError)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise KerasPruneError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); it was "
+                              "damaged (a full disk, or a copy cut short): restore it, or delete the "
+                              "run folder to start over") from None
 
 
 def export_saved_model(model, path):
@@ -348,12 +414,27 @@ def check_same_config(saved, wanted, out, resumable=("epochs",)):
     diff = [k for k in wanted if k not in resumable and saved.get(k) != wanted[k]]
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
+        from kerasprune import runs
+
+        if not runs.has_finished_epoch(out):  # a failed first attempt: nothing to keep
+            print(f"{out}: no finished epoch under the old configuration ({details}); starting afresh")
+            runs.clear_unstarted(out)
+            return
         raise KerasPruneError(f"{out} holds a run with another configuration ({details}); "
                               "rerun the same command to resume, or choose another --out")
 
 
 def train(config, out, verbose="auto"):
     """Runs (or resumes, or returns the result of) one plain training run in folder ``out``."""
+    from kerasprune import runs
+    from kerasprune.distribute import declare_strategy, is_chief
+
+    declare_strategy(config.strategy)
+    with runs.exclusive(out, enabled=is_chief()):  # one process per run folder
+        return _train_in(config, out, verbose)
+
+
+def _train_in(config, out, verbose):
     from kerasprune import models
     from kerasprune.distribute import get_strategy, is_chief, save_weights
 

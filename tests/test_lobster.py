@@ -250,6 +250,12 @@ def test_unknown_threshold_search_rule_is_refused():
         search_threshold(counting_loss, MAGNITUDES, 1.0, rule="bisect")
 
 
+def test_search_never_prunes_on_a_diverged_loss():
+    # A NaN/inf validation loss would make the bound B infinite and every cut admissible.
+    for val_loss in (math.nan, math.inf):
+        assert search_threshold(counting_loss, MAGNITUDES, val_loss) is None
+
+
 def test_search_returns_none_when_no_cut_is_admissible():
     for rule in ("reference", "conservative"):
         assert search_threshold(lambda t: 1.0 if t <= 1.0 else 5.0, MAGNITUDES, 1.0, twt=0.05, rule=rule) is None
@@ -364,8 +370,9 @@ def test_authors_neuron_count_includes_the_logits_and_ignores_biases():
 
 # -- run folders -----------------------------------------------------------------------------------
 def small_config(**kw):
+    # lr 0.3: the validation loss of this tiny run wavers, so it plateaus (pwe 1) within 6 epochs.
     base = dict(model="lenet300", dataset="mnist", epochs=6, pwe=1, max_train_examples=400, batch_size=20,
-                max_test_examples=300, seed=0)
+                max_test_examples=300, seed=0, lr=0.3)
     base.update(kw)
     return LobsterConfig(**base)
 
@@ -440,12 +447,16 @@ def test_killed_run_resumes_without_losing_operating_points(tmp_path, monkeypatc
     monkeypatch.setattr(training, "fit_and_record", original)
     rows = run(small_config(), out, verbose=0)
     assert len(read_history_rows(out)) == 6  # epochs 1-4 once (the 4th's backup was written), 5-6
-    after = {r["point"]: r for r in rows}
-    for row in before:  # every point seen before the kill is still there, same or better
-        assert row["point"] in after
-        assert after[row["point"]]["val_error"] <= row["val_error"] + 1e-9
-    pcts = [r["pruned_params_pct"] for r in rows]
-    assert pcts == sorted(pcts)
+    # The data order is a function of (seed, epoch): the resumed run is the uninterrupted one, bit
+    # for bit (the 4th epoch ran twice; its second pass saw the same batches as its first).
+    whole = str(tmp_path / "whole")
+    assert run(small_config(), whole, verbose=0) == rows
+    assert [{k: v for k, v in r.items() if k != "epoch"} for r in training.read_history(out)] == [
+        {k: v for k, v in r.items() if k != "epoch"} for r in training.read_history(whole)]
+    for name in [r["weights"] for r in rows]:
+        a, b = load_operating_point(out, int(name[-14:-11])), load_operating_point(whole, int(name[-14:-11]))
+        for x, y in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(x, y)
     # A finished run returns its points at once.
     assert run(small_config(), out, verbose=0) == read_operating_points(out)
 

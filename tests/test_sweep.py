@@ -206,6 +206,42 @@ def test_tiny_sweep_writes_every_method_a_figure_and_exports(tmp_path, lobster_d
     assert len(results.read(os.path.join(out, "results.csv"))) == len(rows)
 
 
+def test_list_runs_only_and_two_processes_cover_each_run_once(tmp_path, lobster_dir, capsys):
+    import shlex
+
+    out = str(tmp_path / "sweep")
+    config_path = tmp_path / "small.toml"
+    config_path.write_text(f'seeds = [0]\nepochs = 1\nlobster_dir = "{lobster_dir}"\nmax_train_examples = 500\n'
+                           'max_test_examples = 200\nmethods = ["lottery_rewind", "random_reinit"]\n')
+    sweep_args = ["sweep", str(config_path), "--out", out]
+    assert cli.main(sweep_args + ["--list-runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [shlex.split(line)[-1] for line in lines] == [
+        "lottery_rewind/point_001/seed_0", "random_reinit/point_001/seed_0",
+        "lottery_rewind/point_002/seed_0", "random_reinit/point_002/seed_0"]
+    command = shlex.split(lines[1])  # what a scheduler's array task runs
+    assert command[:2] == ["kerasprune", "sweep"] and command[-2] == "--only"
+    assert cli.main(command[1:]) == 0
+    rows = [r for r in results.read(os.path.join(out, "results.csv")) if r["method"] != "lobster"]
+    assert [(r["method"], r["point"]) for r in rows] == [("random_reinit", 1.0)]
+    assert not os.path.exists(os.path.join(out, "figure1.png"))  # --only assembles nothing
+    history = training.read_history(os.path.join(out, rows[0]["run_dir"]))  # the sparsity it trained at
+    assert history[0]["pruned_params_pct"] == pytest.approx(rows[0]["pruned_params_pct"])
+    capsys.readouterr()
+    assert cli.main(sweep_args + ["--list-runs"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert cli.main(sweep_args + ["--jobs", "2"]) == 0  # the other three, two processes
+    rows = [r for r in results.read(os.path.join(out, "results.csv")) if r["method"] != "lobster"]
+    keys = [results.key_of(r) for r in rows]
+    assert len(keys) == len(set(keys)) == 4
+    assert os.path.getsize(os.path.join(out, "figure1.png")) > 10_000
+    capsys.readouterr()
+    assert cli.main(sweep_args + ["--list-runs"]) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main(sweep_args + ["--only", "imp/seed_9"]) == 2
+    assert "no run 'imp/seed_9' in this sweep" in capsys.readouterr().err
+
+
 def test_sweep_of_chosen_points_exports_g_and_1s_at_the_sparsest_chosen_point(tmp_path, lobster_dir):
     """With ``points`` set, G must be the point the 1-S retrainings ran at, not LOBSTER's sparsest."""
     out = str(tmp_path / "sweep")

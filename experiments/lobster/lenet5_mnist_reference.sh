@@ -4,7 +4,7 @@
 # Resumable: rerun the same command after a kill.
 cd "$(dirname "$0")/../.." || exit 1
 mkdir -p runs
-OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \
+KERASPRUNE_THREADS=1 \
 KERASPRUNE_DATA_DIR=${KERASPRUNE_DATA_DIR:-/work/shared/datasets} nohup python -m kerasprune lobster \
   --model lenet5 --dataset mnist --epochs 5000 --seed 0 --lr 0.1 --lmbda 1e-4 --batch-size 100 \
   --twt 0.05 --pwe 5 --out runs/lobster_lenet5_mnist_reference >> runs/lobster_lenet5_mnist_reference.log 2>&1 &

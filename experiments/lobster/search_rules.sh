@@ -8,7 +8,7 @@
 cd "$(dirname "$0")/../.." || exit 1
 mkdir -p runs/search_rules
 for seed in 0 1 2; do for rule in reference conservative; do echo "$rule $seed"; done; done |
-  OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \
+  KERASPRUNE_THREADS=1 \
   KERASPRUNE_DATA_DIR=${KERASPRUNE_DATA_DIR:-/work/shared/datasets} \
   xargs -P "${JOBS:-1}" -L 1 sh -c 'python -m kerasprune lobster --model lenet300 --dataset mnist \
     --epochs 1500 --seed "$1" --lr 0.1 --lmbda 1e-4 --batch-size 100 --twt 0.05 --pwe 5 \

@@ -15,10 +15,12 @@ def positive_int(text):
     return value
 
 
-def add_data_arguments(parser, dataset_default=None):
+def add_data_arguments(parser, dataset_default=None, dataset_required=None):
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", required=dataset_default is None, default=dataset_default,
-                   help="mnist, fashion_mnist, cifar10, or the path of a class-per-folder image tree")
+    required = dataset_default is None if dataset_required is None else dataset_required
+    g.add_argument("--dataset", required=required, default=dataset_default,
+                   help="mnist, fashion_mnist, cifar10, or the path of a class-per-folder image tree"
+                        + ("" if required else " (default: the one the models' run folders record)"))
     g.add_argument("--data-dir", default=None,
                    help="local data dir with mnist/, fashion_mnist/, cifar10_jpeg/ "
                         "(default: $KERASPRUNE_DATA_DIR; unset: download with TFDS)")
@@ -34,7 +36,7 @@ def add_data_arguments(parser, dataset_default=None):
 def add_training_arguments(parser, epochs_default=10):
     g = parser.add_argument_group("training")
     g.add_argument("--model", required=True, help="lenet300, lenet5 or resnet32")
-    g.add_argument("--epochs", type=int, default=epochs_default)
+    g.add_argument("--epochs", type=positive_int, default=epochs_default, help="epochs to train")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of initial weights and data order (same seed, same run)")
     g.add_argument("--batch-size", type=int, default=100,

@@ -48,7 +48,7 @@ def add_arguments(parser):
     g.add_argument("--g", help="SavedModel or run folder of the gradual solution (origin of the maps)")
     g.add_argument("--oneshot", help="SavedModel or run folder of the one-shot solution (1-S)")
     g.add_argument("--sweep", help="sweep folder: take --g/--oneshot from its exports.json")
-    _common.add_data_arguments(parser)
+    _common.add_data_arguments(parser, dataset_required=False)
     g = parser.add_argument_group("analysis")
     g.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
     g.add_argument("--quick", action="store_true",
@@ -131,6 +131,37 @@ def resolve_sweep(sweep_dir):
         candidates = [info[key], os.path.join(sweep_dir, info[key]), os.path.join(sweep_dir, "exports", key)]
         out[key] = next((c for c in candidates if os.path.isfile(os.path.join(c, "saved_model.pb"))), info[key])
     return out["g"], out["oneshot"]
+
+
+def recorded_dataset(path):
+    """The dataset a model's folder records: its run's ``config.json``, or the ``sweep_config.json``
+    of the sweep it was exported from (``SWEEP/exports/g``); None when nothing says."""
+    path = os.path.abspath(path)
+    for folder, name in ((path, "config.json"), (path, "sweep_config.json"),
+                         (os.path.dirname(os.path.dirname(path)), "sweep_config.json")):
+        candidate = os.path.join(folder, name)
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                return json.load(f).get("dataset")
+    return None
+
+
+def choose_dataset(flag, sources):
+    """The dataset to analyse on: the one the models' folders record (refusing a contradicting
+    ``--dataset``), else ``--dataset``; an error when neither says."""
+    recorded = {s: d for s in sources if s for d in [recorded_dataset(s)] if d}
+    names = set(recorded.values())
+    if len(names) > 1:
+        raise KerasPruneError(f"the models were trained on different datasets ({recorded}); analyse "
+                              "models of one dataset")
+    if names and flag is not None and flag not in names:
+        raise KerasPruneError(f"--dataset {flag} contradicts the models' own dataset {names.pop()!r} "
+                              f"(recorded in {', '.join(recorded)}); drop --dataset")
+    if names:
+        return names.pop()
+    if flag is None:
+        raise KerasPruneError("no run folder records the models' dataset: give --dataset")
+    return flag
 
 
 def load_model(path, strategy):
@@ -329,8 +360,10 @@ def run(args):
         if args.g or args.oneshot:
             raise KerasPruneError("give either --sweep or --g/--oneshot, not both")
         g_path, s_path = resolve_sweep(args.sweep)
+        args.dataset = choose_dataset(args.dataset, [args.sweep, g_path, s_path])
     else:
         g_path, s_path = args.g, args.oneshot
+        args.dataset = choose_dataset(args.dataset, [g_path, s_path])
     g_path, s_path = resolve_model_path(g_path), resolve_model_path(s_path)
     settings = _settings(args)
     if settings["grid"] < 2:
@@ -339,6 +372,10 @@ def run(args):
     os.makedirs(parts, exist_ok=True)
     strategy = get_strategy(args.strategy)
     models = {"g": load_model(g_path, strategy), "oneshot": load_model(s_path, strategy)}
+    for name, model in models.items():  # before hours of Hessians: PSPs need ReLU activations
+        from kerasprune.analysis import psp as psp_module
+
+        psp_module.relu_layers(model)
     hessian_xy, train_xy, test_xy = _samples(settings, args.data_dir)
     paths = {"g": os.path.abspath(g_path), "oneshot": os.path.abspath(s_path)}
     # Cached parts are keyed by model identity: path and export time (a re-export invalidates them).

@@ -42,7 +42,7 @@ def add_arguments(parser):
                         help="skip evaluating the exported SavedModels on the test set")
     parser.add_argument("--max-test-examples", type=_common.positive_int, default=None,
                         help="evaluate on the first N test examples only")
-    parser.add_argument("--export-dir", default=None,
+    parser.add_argument("--export-dir", "--out", dest="export_dir", default=None,
                         help="root of exports (default: $KERASPRUNE_SAVED_MODELS or ./saved_models)")
     parser.add_argument("--force", action="store_true", help="re-export models already exported")
 

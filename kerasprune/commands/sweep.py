@@ -1,4 +1,6 @@
 """``kerasprune sweep``: the paper's Figure 1 for one setup (LOBSTER vs one-shot retrainings)."""
+import argparse
+
 from kerasprune.commands import _common
 
 HELP = "run every one-shot baseline at every LOBSTER operating point (Figure 1)"
@@ -10,12 +12,17 @@ polynomial_decay) runs at every operating point for every seed. Each finished ru
 at once to OUT/results.csv; OUT/figure1.png is drawn at the end, and OUT/exports.json records
 SavedModels of the G (LOBSTER) and best 1-S solutions at the highest sparsity.
 Killed, run the same command again: finished runs are skipped, unfinished ones resume. Two
-sweeps on the same OUT share the work.
+sweeps on the same OUT share the work: --jobs N starts N processes that do (default: one per
+core, each with one thread). On a cluster, --list-runs prints one resumable command per pending
+run (--only RUN_ID) for any scheduler; a plain run afterwards assembles the table's figure and
+exports (docs/distributed.md has SLURM and GNU parallel examples).
 
 examples:
   kerasprune sweep experiments/quick.toml --out runs/quick
   kerasprune sweep experiments/lenet300_mnist.toml --out runs/lenet300_mnist
   kerasprune sweep experiments/quick.toml --out runs/quick --plot-only
+  kerasprune sweep experiments/quick.toml --out runs/quick --list-runs
+  kerasprune sweep experiments/quick.toml --out runs/quick --only random_reinit/point_003/seed_1
   kerasprune sweep experiments/lenet300_mnist.toml --out runs/lenet300_mnist \
       --lobster-dir runs/lobster_lenet300_mnist
   kerasprune sweep experiments/lenet300_mnist_g_vs_1s.toml --out runs/g_vs_1s_p48 \
@@ -38,12 +45,29 @@ def add_arguments(parser):
                              "instead of running LOBSTER in OUT/lobster")
     parser.add_argument("--plot-only", action="store_true",
                         help="only redraw OUT/figure1.png from OUT/results.csv")
+    parser.add_argument("--jobs", type=_jobs, default="auto", metavar="N",
+                        help="processes running the sweep's runs side by side, each with cores/N threads "
+                             "(default auto: one per core)")
+    parser.add_argument("--list-runs", action="store_true",
+                        help="print one command per pending run (for a scheduler) and exit")
+    parser.add_argument("--only", metavar="RUN_ID",
+                        help="run only this run (an id from --list-runs, or 'lobster'); no figure")
+    parser.add_argument("--no-assemble", action="store_true", help=argparse.SUPPRESS)
+
+
+def _jobs(text):
+    if text == "auto":
+        return text
+    return _common.positive_int(text)
 
 
 def run(args):
     import os
+    import shlex
+    import subprocess
+    import sys
 
-    from kerasprune import report, results, sweep
+    from kerasprune import report, results
     from kerasprune.errors import KerasPruneError
 
     if args.plot_only:
@@ -52,8 +76,56 @@ def run(args):
             raise KerasPruneError(f"{table} does not exist: run the sweep first")
         print(report.figure1(results.read(table), os.path.join(args.out, "figure1.png")))
         return 0
+    jobs = (os.cpu_count() or 1) if args.jobs == "auto" else args.jobs
+    if args.list_runs or args.only:
+        jobs = 1
+    if jobs > 1:  # before TensorFlow loads (kerasprune._keras reads it): each process its share
+        os.environ["KERASPRUNE_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    from kerasprune import sweep
+
     config = sweep.load_config(args.config, data_dir=args.data_dir, seeds=args.seeds, methods=args.methods,
                                points=args.points,
                                strategy=args.strategy, lobster_dir=args.lobster_dir)
-    sweep.run(config, args.out)
+    argv = [a for a in args._argv if a != "--list-runs"]
+    if args.list_runs:
+        pending = sweep.pending_runs(config, args.out)
+        base = ["kerasprune", *_without(argv, "--jobs", "--only")]
+        for run_id in pending:
+            print(shlex.join(base + ["--only", run_id]))
+        if pending == [sweep.LOBSTER_RUN_ID]:
+            print(f"# LOBSTER first; then --list-runs again for the retrainings", file=sys.stderr)
+        elif not pending:
+            print(f"# every run is done; `kerasprune {shlex.join(_without(argv, '--jobs', '--only'))}` "
+                  "assembles the figure and exports", file=sys.stderr)
+        return 0
+    if jobs == 1:
+        sweep.run(config, args.out, only=args.only, assemble=not args.no_assemble)
+        return 0
+    # Worker processes run the same sweep on the same folder: the per-run locks share the runs out.
+    worker = [sys.executable, "-m", "kerasprune", *_without(argv, "--jobs"), "--jobs", "1", "--no-assemble"]
+    children = [subprocess.Popen(worker) for _ in range(jobs - 1)]
+    try:
+        sweep.run(config, args.out, assemble=False)
+    finally:
+        codes = [c.wait() for c in children]
+    if any(codes):
+        raise KerasPruneError(f"{sum(1 for c in codes if c)} of the sweep's worker processes failed "
+                              f"(exit codes {codes}); run the same command again to resume")
+    sweep.run(config, args.out)  # every run is done: the table's figure and exports
     return 0
+
+
+def _without(argv, *flags):
+    """``argv`` without ``flags`` and their values (``--flag V`` or ``--flag=V``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in flags:
+            skip = True
+            continue
+        if any(arg.startswith(f + "=") for f in flags):
+            continue
+        out.append(arg)
+    return out

@@ -8,7 +8,8 @@ DESCRIPTION = """Train a model with SGD (paper defaults: lr 0.1, batch 100, mome
 
 Writes into --out: config.json, metrics.json (test_accuracy, test_loss, epochs_completed, ...),
 history.csv, TensorBoard logs (tensorboard/), the best checkpoint by validation loss, the initial
-weights (for lottery-ticket rewinding), and a SavedModel of the final model under saved_models/.
+weights (for lottery-ticket rewinding). The SavedModel of the final model goes outside --out, to
+./saved_models/<run name>_<hash>/final (--export-dir or $KERASPRUNE_SAVED_MODELS to change the root).
 Run the same command again to resume a killed run.
 
 example:

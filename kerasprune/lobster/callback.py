@@ -68,6 +68,7 @@ class LobsterPruning(keras.callbacks.Callback):
         self.searches = []  # SearchResult of every pruning of this session
         self._level_weights = None  # (level, weights) of the current level's best point, in memory
         self._twin = None  # optimizer-free copy of the model that point files are saved through
+        self._writer = None  # TensorBoard writer of operating points and threshold searches
 
     def get_config(self):
         return dict(pwe=self.pwe, twt=self.twt, good_margin=self.good_margin, tolerance=self.tolerance,
@@ -143,6 +144,13 @@ class LobsterPruning(keras.callbacks.Callback):
             opt.level.assign_add(1)
             opt.level_best_accuracy.assign(-math.inf)
             self.searches.append(result)
+            if self.run_dir and is_chief():  # step: the level the cut starts
+                self._scalars(int(opt.level.numpy()), {
+                    "threshold_search/threshold": result.threshold, "threshold_search/bound": result.bound,
+                    "threshold_search/evaluations": len(result.trials), "threshold_search/pruned_now": newly})
+                for i, (t, loss) in enumerate(result.trials):  # every bisection step, in order
+                    self._scalars(int(opt.level.numpy()) * 100 + i, {"threshold_search/trial_threshold": t,
+                                                                 "threshold_search/trial_loss": loss})
             if self.verbose:
                 pct = sparsity.report(self.model, self.kinds).pruned_params_pct
                 where = "" if epoch is None else f"epoch {epoch + 1}: "
@@ -227,6 +235,21 @@ class LobsterPruning(keras.callbacks.Callback):
         if self.run_dir and is_chief():
             points.write_points(self.run_dir, self.operating_points)
             points.plot_progression(self.run_dir, self.operating_points, title=self.model.name)
+            for row in todo:  # step: the point's number (one per sparsity level)
+                self._scalars(row["point"], {f"operating_point/{k}": row[k] for k in (
+                    "test_error", "val_error", "pruned_params_pct", "pruned_neurons_pct",
+                    "pruned_neurons_ref_pct") if row.get(k) is not None})
+
+    def _scalars(self, step, values):
+        """Writes ``values`` to ``RUN/tensorboard/lobster`` at ``step`` (operating points, searches)."""
+        from kerasprune._keras import tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard", "lobster"))
+        with self._writer.as_default():
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value), step=int(step))
+        self._writer.flush()
 
     def _weights_twin(self):
         if self._twin is None:

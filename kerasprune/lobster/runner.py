@@ -60,8 +60,18 @@ def run(config, out, verbose="auto"):
 
     Writes ``config.json``, ``initial.weights.h5``, ``operating_points.csv``, ``points/``,
     ``progression.png``, ``history.csv``, ``tensorboard/`` and ``metrics.json`` (at the end). A
-    killed run resumes (Keras ``BackupAndRestore``) when run again with the same config.
+    killed run resumes (Keras ``BackupAndRestore``) when run again with the same config. One
+    process at a time per folder (:func:`kerasprune.runs.exclusive`).
     """
+    from kerasprune import runs
+    from kerasprune.distribute import declare_strategy, is_chief
+
+    declare_strategy(config.strategy)
+    with runs.exclusive(out, enabled=is_chief()):
+        return _run_in(config, out, verbose)
+
+
+def _run_in(config, out, verbose):
     from kerasprune import models, training
     from kerasprune._keras import keras
     from kerasprune.distribute import get_strategy, is_chief, save_weights
