@@ -132,6 +132,16 @@ def test_a_damaged_operating_point_file_is_a_one_line_error_at_export(tmp_path):
         export.load_source(out, export.run_sources(out)[0])
 
 
+def test_a_cut_short_operating_points_table_is_a_one_line_error(tmp_path):
+    from kerasprune.lobster import read_operating_points, points
+
+    points.write_points(str(tmp_path), [dict(point=0, pruned_params_pct=0.0, test_error=0.1, weights="w")])
+    path = tmp_path / "operating_points.csv"
+    path.write_text(path.read_text()[:-20])
+    with pytest.raises(KerasPruneError, match="operating_points.csv is damaged: line 2"):
+        read_operating_points(str(tmp_path))
+
+
 # -- 5. analyse on the data the models were trained on ------------------------------------------------
 def test_analyze_takes_the_dataset_from_the_run_folders_and_refuses_a_contradicting_flag(tmp_path):
     from kerasprune.commands import analyze

@@ -31,20 +31,24 @@ output layer's units (logits, "on" when > 0) count as neurons too, and clamps ``
 ``[1e-4, 0.9999]`` (an always-on or always-off neuron gets 0.0015 bits per class, not 0). Absent
 classes are skipped in both (the reference's 0/0 would make them NaN). The reference has no second
 order, so that one has a single convention.
+
+The capture (sub-model, one pass on device) is Keras 2 code; the numbers computed from its counts
+(:class:`PSPStats`, the norms and entropies) are NumPy in :mod:`kerasprune.pure.psp`, shared with
+the Keras 3 analysis (:mod:`kerasprune.keras3.analysis`) and re-exported here.
 """
-import dataclasses
 import warnings
-from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
+from kerasprune.pure.psp import (PSP_CONVENTIONS, REFERENCE_CLAMP, PSPStats, _check_convention,  # noqa: F401
+                                 _joint_entropy, _pair_sample, _plogp, _present, binary_entropy,
+                                 neuron_class_entropy, pair_plan, psp_entropy_first_order,
+                                 psp_entropy_second_order, psp_l2, stats_from_totals)
 
 PSP_LAYERS_ATTR = "_kerasprune_psp_layers"
 _LINEAR = ("linear", None)
-PSP_CONVENTIONS = ("kerasprune", "reference")
-REFERENCE_CLAMP = (1e-4, 0.9999)  # of p = P[z > 0 | c] in the authors' code
 _ACTIVATION_LAYERS = ("ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax")
 
 
@@ -152,58 +156,11 @@ def psp_layer_names(sub_model):
     return list(getattr(sub_model, PSP_LAYERS_ATTR))
 
 
-@dataclasses.dataclass
-class PSPStats:
-    """Sums and counts from one pass over a dataset; every reported number derives from these.
-
-    ``positive[name]`` is ``[classes, units]``: examples of each class with ``z > 0``.
-    ``positive[output_layer]`` counts the model's outputs (logits) ``> 0`` the same way; the output
-    layer is not in ``layers`` (it is no PSP) and is used only by the reference entropy convention.
-    ``pair_n11[name]`` is ``[classes, units, units]`` (exact) or ``[classes, pairs]`` (sampled, the
-    pairs in ``pairs[name]`` as an ``[pairs, 2]`` index array).
-    """
-
-    layers: List[str]
-    unit_shapes: Dict[str, Tuple[int, ...]]
-    class_counts: np.ndarray
-    sum_sq: Dict[str, float]
-    positive: Dict[str, np.ndarray]
-    pair_n11: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    pairs: Dict[str, Optional[np.ndarray]] = dataclasses.field(default_factory=dict)
-    loss_sum: float = 0.0
-    correct: float = 0.0
-    output_layer: Optional[str] = None
-
-    @property
-    def examples(self):
-        return float(self.class_counts.sum())
-
-    @property
-    def loss(self):
-        """Mean cross-entropy of the logits (models output logits)."""
-        return self.loss_sum / max(self.examples, 1)
-
-    @property
-    def error(self):
-        return 1.0 - self.correct / max(self.examples, 1)
-
-    def units(self, name):
-        return int(np.prod(self.unit_shapes[name]))
-
-
 def _output_name(sub, names):
     """Name of the layer producing the model's output (the key of its counts in ``positive``)."""
     history = getattr(sub.outputs[0], "_keras_history", None)
     name = history.layer.name if history is not None else "output"
     return f"{name}:output" if name in names else name
-
-
-def _pair_sample(units, count, rng):
-    """``count`` uniform pairs (i, j), i != j, drawn with replacement."""
-    i = rng.integers(0, units, count)
-    j = rng.integers(0, units - 1, count)
-    j = j + (j >= i)
-    return np.stack([i, j], axis=1)
 
 
 def psp_statistics(model, dataset, num_classes=None, first_order=True, second_order=False,
@@ -230,12 +187,7 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
     output_name = _output_name(sub, names)
     output_units = int(np.prod(sub.outputs[0].shape[1:]))
     second_order = second_order and first_order
-    rng = np.random.default_rng(seed)
-    pairs = {}
-    if second_order:
-        for n in names:
-            exact = units[n] <= max_exact_units
-            pairs[n] = None if exact else _pair_sample(units[n], pair_samples, rng)
+    pairs = pair_plan(names, units, second_order, max_exact_units, pair_samples, seed)
     pair_index = {n: tf.constant(p, tf.int32) for n, p in pairs.items() if p is not None}
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
@@ -286,152 +238,5 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
         for key, value in per_replica.items():
             value = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy()
             totals[key] = totals[key] + value if key in totals else value.astype(np.float64)
-    if not totals:
-        raise KerasPruneError("the dataset is empty: no PSP statistics")
-    absent = np.flatnonzero(totals["class"] == 0)
-    if absent.size:  # the entropies sum over classes: fewer classes, smaller entropies
-        warnings.warn(f"classes {absent.tolist()} have no example in the PSP data; the PSP-entropies "
-                      "sum over the other classes only, so they do not compare with values over all "
-                      f"{num_classes} classes", stacklevel=2)
-    positive = {n: totals[f"pos{i}"] for i, n in enumerate(names)} if first_order else {}
-    if first_order:
-        positive[output_name] = totals["out_pos"]
-        shapes[output_name] = tuple(int(d) for d in sub.outputs[0].shape[1:])
-    return PSPStats(
-        layers=names, unit_shapes=shapes, class_counts=totals["class"],
-        sum_sq={n: float(totals[f"sq{i}"]) for i, n in enumerate(names)}, positive=positive,
-        pair_n11={n: totals[f"n11_{i}"] for i, n in enumerate(names)} if second_order else {},
-        pairs=pairs, loss_sum=float(totals["loss"]), correct=float(totals["correct"]),
-        output_layer=output_name if first_order else None)
-
-
-def psp_l2(stats):
-    """``{"per_layer": {name: mean z^2}, "overall": mean z^2 over all PSP values}`` (Fig. 3)."""
-    per_layer = {n: stats.sum_sq[n] / (stats.examples * stats.units(n)) for n in stats.layers}
-    total_values = stats.examples * sum(stats.units(n) for n in stats.layers)
-    return {"per_layer": per_layer, "overall": sum(stats.sum_sq.values()) / total_values}
-
-
-def binary_entropy(p, clamp=None):
-    """``h(p) = -p log2 p - (1-p) log2 (1-p)`` elementwise, with ``0 log 0 = 0``; with ``clamp``
-    ``(lo, hi)``, ``p`` and ``1 - p`` are each clipped to it first (the authors' code, with
-    :data:`REFERENCE_CLAMP`)."""
-    p = np.asarray(p, np.float64)
-    if clamp is not None:
-        return _plogp(np.clip(p, *clamp)) + _plogp(np.clip(1.0 - p, *clamp))
-    return _plogp(p) + _plogp(1.0 - p)
-
-
-def _plogp(q):
-    """``-q log2 q`` with the limit 0 at q = 0."""
-    q = np.asarray(q, np.float64)
-    out = np.zeros_like(q)
-    positive = q > 0
-    out[positive] = -q[positive] * np.log2(q[positive])
-    return out
-
-
-def _present(stats):
-    return stats.class_counts > 0
-
-
-def _check_convention(convention):
-    if convention not in PSP_CONVENTIONS:
-        raise KerasPruneError(f"unknown PSP-entropy convention {convention!r}; valid names are: "
-                              f"{', '.join(PSP_CONVENTIONS)}")
-
-
-def neuron_class_entropy(stats, name, per_channel=False, convention="kerasprune"):
-    """``H(n|c)`` as ``[units, classes]`` (or ``[channels, classes]``) for layer ``name``; absent
-    classes get 0. ``convention="reference"`` clamps p as the authors' code does."""
-    _check_convention(convention)
-    present = _present(stats)
-    counts = stats.positive[name]  # [C, U]
-    totals = stats.class_counts
-    if per_channel:
-        channels = stats.unit_shapes[name][-1]
-        positions = stats.units(name) // channels
-        counts = counts.reshape(counts.shape[0], positions, channels).sum(axis=1)
-        totals = totals * positions
-    p = np.divide(counts, np.where(present, totals, 1)[:, None])
-    clamp = REFERENCE_CLAMP if convention == "reference" else None
-    return np.where(present[:, None], binary_entropy(p, clamp), 0.0).T
-
-
-def psp_entropy_first_order(stats, per_channel=False, convention="kerasprune"):
-    """First-order PSP-entropy (eq. 4-5) from :func:`psp_statistics` output.
-
-    ``convention``: ``"kerasprune"`` (hidden ReLU inputs, ``0 log 0 = 0``) or ``"reference"`` (the
-    authors' code: the output layer counts too, and p is clamped; see the module docstring).
-
-    Returns ``{"per_neuron": {layer: H(n) shaped like the layer's units (or [channels])},
-    "neuron_class": {layer: [units, classes] H(n|c)}, "per_layer": {layer: mean H(n)},
-    "overall": mean H(n) over every neuron counted, "convention": convention}``.
-    """
-    _check_convention(convention)
-    if not stats.positive:
-        raise KerasPruneError("these PSP statistics have no z > 0 counts (first_order=False)")
-    layers = list(stats.layers)
-    if convention == "reference":
-        if stats.output_layer is None:
-            raise KerasPruneError("these PSP statistics have no output-layer counts, which the reference "
-                                  "convention needs (recompute them with psp_statistics)")
-        layers.append(stats.output_layer)
-    per_neuron, matrices = {}, {}
-    for n in layers:
-        h = neuron_class_entropy(stats, n, per_channel, convention)
-        matrices[n] = h
-        per_neuron[n] = h.sum(axis=1) if per_channel else h.sum(axis=1).reshape(stats.unit_shapes[n])
-    everything = np.concatenate([v.ravel() for v in per_neuron.values()])
-    return {"per_neuron": per_neuron, "neuron_class": matrices,
-            "per_layer": {n: float(v.mean()) for n, v in per_neuron.items()},
-            "overall": float(everything.mean()), "convention": convention}
-
-
-def _joint_entropy(n11, n1i, n1j, total):
-    """Entropy (bits) of the 4-valued joint state from counts; arrays broadcast."""
-    n10 = n1i - n11
-    n01 = n1j - n11
-    n00 = total - n1i - n1j + n11
-    return sum(_plogp(np.clip(c, 0, None) / total) for c in (n11, n10, n01, n00))
-
-
-def psp_entropy_second_order(stats):
-    """Second-order PSP-entropy: mean over pairs of neurons of a layer of ``H(i,j) = sum_c H(i,j|c)``.
-
-    Returns ``{"per_layer": {layer: mean}, "per_layer_stderr": {layer: 0 if exact else the standard
-    error of the sampled mean}, "per_layer_pairs": {layer: number of pairs i < j},
-    "exact": {layer: bool}, "overall": mean over all pairs, "overall_stderr": ...}``.
-    """
-    if not stats.pair_n11:
-        raise KerasPruneError("these PSP statistics have no pair counts (second_order=False)")
-    present = _present(stats)
-    means, errors, npairs, exact = {}, {}, {}, {}
-    for n in stats.layers:
-        u = stats.units(n)
-        npairs[n] = u * (u - 1) // 2
-        pos, n11 = stats.positive[n], stats.pair_n11[n]
-        sampled = stats.pairs.get(n)
-        exact[n] = sampled is None
-        if npairs[n] == 0:
-            means[n], errors[n] = 0.0, 0.0
-            continue
-        if sampled is None:
-            h = np.zeros((u, u))
-            for c in np.flatnonzero(present):
-                h += _joint_entropy(n11[c], pos[c][:, None], pos[c][None, :], stats.class_counts[c])
-            upper = h[np.triu_indices(u, k=1)]
-            means[n], errors[n] = float(upper.mean()), 0.0
-        else:
-            h = np.zeros(len(sampled))
-            for c in np.flatnonzero(present):
-                h += _joint_entropy(n11[c], pos[c][sampled[:, 0]], pos[c][sampled[:, 1]],
-                                    stats.class_counts[c])
-            means[n] = float(h.mean())
-            errors[n] = float(h.std(ddof=1) / np.sqrt(len(h))) if len(h) > 1 else float("nan")
-    total = sum(npairs.values())
-    weights = {n: npairs[n] / total for n in stats.layers} if total else {n: 0.0 for n in stats.layers}
-    overall = sum(weights[n] * means[n] for n in stats.layers)
-    overall_err = float(np.sqrt(sum((weights[n] * errors[n]) ** 2 for n in stats.layers)))
-    return {"per_layer": means, "per_layer_stderr": errors, "per_layer_pairs": npairs, "exact": exact,
-            "overall": float(overall), "overall_stderr": overall_err}
+    return stats_from_totals(totals, names, shapes, num_classes, first_order, second_order, pairs, output_name,
+                             tuple(int(d) for d in sub.outputs[0].shape[1:]))

@@ -3,77 +3,17 @@
 Layout inside a run folder (the shared contract other stages read):
   operating_points.csv            one row per level, rewritten atomically
   points/point_XXX.weights.h5     that level's best-validation-accuracy weights, pruned params = 0
+
+The table itself is read and written by :mod:`kerasprune.pure.points` (no Keras import, shared with
+:mod:`kerasprune.keras3`); this module adds the Keras 2 model helpers and the progression plot.
 """
-import csv
 import math
 import os
 
-POINTS_CSV = "operating_points.csv"
-POINTS_DIR = "points"
+from kerasprune.pure.points import (COLUMNS, POINTS_CSV, POINTS_DIR, _INTS, _fmt,  # noqa: F401
+                                    read_operating_points, save_weights_atomic, weights_name, write_points)
+
 PLOT = "progression.png"
-COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss", "test_error",
-           "test_loss", "epoch", "weights", "pruned_params", "params", "pruned_neurons", "neurons",
-           "threshold", "lr", "pruned_neurons_ref_pct", "pruned_neurons_ref", "neurons_ref")
-_INTS = ("point", "epoch", "pruned_params", "params", "pruned_neurons", "neurons", "pruned_neurons_ref",
-         "neurons_ref")
-
-
-def weights_name(point):
-    """Path of a point's weights, relative to the run folder."""
-    return os.path.join(POINTS_DIR, f"point_{point:03d}.weights.h5")
-
-
-def write_points(run_dir, rows):
-    """Writes all rows at once (temporary file + rename: a kill never leaves half a table)."""
-    path = os.path.join(run_dir, POINTS_CSV)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
-    os.replace(tmp, path)
-
-
-def _fmt(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return value
-
-
-def read_operating_points(run_dir):
-    """The rows of ``operating_points.csv`` as dicts (ints, floats; NaN where not measured)."""
-    path = os.path.join(run_dir, POINTS_CSV)
-    if not os.path.isfile(path):
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row = {}
-            for key, value in raw.items():
-                if key == "weights":
-                    row[key] = value
-                elif key in _INTS:
-                    row[key] = int(value) if value != "" else None
-                else:
-                    row[key] = float(value) if value != "" else math.nan
-            rows.append(row)
-    return rows
-
-
-def save_weights_atomic(model, path, weights=None):
-    """``model.save_weights`` (of ``weights`` if given) to a temporary file, renamed over ``path``.
-
-    ``model`` should be optimizer-free (see :func:`weights_only_twin`): a compiled model's
-    ``.weights.h5`` also stores every optimizer variable, which makes each write several times
-    slower and the file several times larger.
-    """
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.getpid()}.tmp.weights.h5")
-    if weights is not None:
-        model.set_weights(weights)
-    model.save_weights(tmp)
-    os.replace(tmp, path)
 
 
 def weights_only_twin(model):
@@ -99,7 +39,12 @@ def load_operating_point(run_dir, point):
         raise KerasPruneError(f"{run_dir} has no operating point {point}; it has {sorted(rows) or 'none'}")
     spec = data.spec(config["dataset"], config.get("data_dir"))
     model = models.build(config["model"], input_shape=spec.input_shape, num_classes=spec.num_classes)
-    model.load_weights(os.path.join(run_dir, rows[point]["weights"]))
+    path = os.path.join(run_dir, rows[point]["weights"])
+    try:
+        model.load_weights(path)
+    except OSError as exc:  # h5py: a truncated or missing file
+        raise KerasPruneError(f"{path} cannot be read ({str(exc).splitlines()[0][:120]}): the file is damaged "
+                              "or missing; restore it, or rerun the LOBSTER run that wrote it") from None
     return model
 
 

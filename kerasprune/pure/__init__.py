@@ -1,0 +1,10 @@
+"""Backend-free code shared by the Keras 2 modules and :mod:`kerasprune.keras3`.
+
+Everything here is NumPy (and the standard library): importing it loads neither TensorFlow nor any
+Keras, so the Keras 3 side can use it without switching the process to ``tf_keras`` (which
+:mod:`kerasprune._keras` does). The Keras 2 modules re-export these names from their old places.
+
+Modules: ``schedule`` (LOBSTER's plateau rule and threshold search), ``points`` (the
+``operating_points.csv`` table), ``psp`` (PSP statistics to norms and entropies), ``eigen``
+(eigen-solvers and trace estimate on a matrix-free operator).
+"""
