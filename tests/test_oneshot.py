@@ -69,7 +69,10 @@ class MaskRecorder(keras.callbacks.Callback):
         self.masks.append(_tfmot.get_masks(self.model))
 
 
-def test_fixed_mask_never_changes_and_pruned_weights_stay_zero_through_training():
+def test_fixed_mask_never_changes_and_pruned_weights_stay_zero_through_training(monkeypatch):
+    from kerasprune import training
+
+    monkeypatch.setattr(training, "STEPS_PER_EXECUTION", 1)  # a batch-end callback after every step
     config = small(epochs=2, momentum=0.9)
     model = oneshot.build_model(config)
     mask = half_mask(model)

@@ -86,7 +86,7 @@ def run(args):
     config = sweep.load_config(args.config, data_dir=args.data_dir, seeds=args.seeds, methods=args.methods,
                                points=args.points,
                                strategy=args.strategy, lobster_dir=args.lobster_dir)
-    argv = [a for a in args._argv if a != "--list-runs"]
+    argv = [a for a in getattr(args, "_argv", sys.argv[1:]) if a != "--list-runs"]
     if args.list_runs:
         pending = sweep.pending_runs(config, args.out)
         base = ["kerasprune", *_without(argv, "--jobs", "--only")]
