@@ -42,7 +42,7 @@ def build_parser():
     sub.required = True
     for name, module in command_modules().items():
         p = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
-                           formatter_class=_HelpFormatter)
+                           formatter_class=_HelpFormatter, allow_abbrev=False)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

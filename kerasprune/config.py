@@ -6,6 +6,7 @@ one check everywhere, and the CLI fills them all through :func:`settings_from_ar
 imports no TensorFlow (``kerasprune --help`` stays fast).
 """
 import dataclasses
+import numbers
 import os
 import typing
 from typing import Optional
@@ -87,6 +88,10 @@ def _check_types(config):
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         value, hint = getattr(config, field.name), hints.get(field.name)
+        if type(value).__module__ == "numpy" and isinstance(value, numbers.Number):
+            # numpy scalars (np.int64 from np.arange, ...) count as the Python number they hold
+            value = value.item()
+            setattr(config, field.name, value)
         allowed = _allowed_types(hint)
         if allowed is None or isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
             continue

@@ -116,13 +116,16 @@ class EpochStream:
                 batches = order.batch(batch_size).map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)))
             else:
                 def crop_and_flip(i):
-                    key = tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + epoch, i])
+                    # Two independent seeds per (seed, epoch, example): crop and flip must not share one.
+                    base = tf.constant(seed, tf.int64) * 1_000_003 + epoch
                     image = tf.pad(tf.gather(x, i), [[4, 4], [4, 4], [0, 0]])
-                    image = tf.image.stateless_random_crop(image, (height, width, channels), seed=key)
-                    image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
+                    image = tf.image.stateless_random_crop(image, (height, width, channels),
+                                                           seed=tf.stack([base, 2 * i]))
+                    image = tf.image.stateless_random_flip_left_right(image, seed=tf.stack([base, 2 * i + 1]))
                     return image, tf.gather(y, i)
 
-                batches = order.map(crop_and_flip).batch(batch_size)
+                # A parallel map keeps its order (tf.data is deterministic by default).
+                batches = order.map(crop_and_flip, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
             return batches.map(normalize)
 
         stream = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(one_epoch)
@@ -204,6 +207,14 @@ def load(name, data_dir=None, batch_size=100, val_fraction=0.1, split_seed=0, sh
     arrays, dspec = _arrays_and_spec(name, data_dir, val_fraction, split_seed)
     if not len(arrays.x_test):  # every run ends with a test evaluation: fail now, not after training
         raise KerasPruneError(f"{name} has no test examples (an image tree needs a test/<class>/ folder)")
+    return splits_from_arrays(arrays, dspec, batch_size, shuffle_seed, augment, max_train_examples,
+                              max_test_examples, eval_batch_size, val_fraction)
+
+
+def splits_from_arrays(arrays, dspec, batch_size=100, shuffle_seed=0, augment=None, max_train_examples=None,
+                       max_test_examples=None, eval_batch_size=None, val_fraction=0.1):
+    """:class:`DatasetSplits` of already loaded ``arrays`` (what :func:`load` does after loading;
+    callers that cache the arrays across runs use it directly)."""
     if max_train_examples:
         n_val = int(round(max_train_examples * val_fraction))
         arrays = arrays._replace(x_train=arrays.x_train[:max_train_examples],

@@ -120,21 +120,10 @@ def load_data(config):
     from kerasprune import data
 
     arrays = _arrays(config.dataset, config.data_dir, config.val_fraction, config.split_seed)
-    if config.max_train_examples:
-        n_val = int(round(config.max_train_examples * config.val_fraction))
-        arrays = arrays._replace(x_train=arrays.x_train[:config.max_train_examples],
-                                 y_train=arrays.y_train[:config.max_train_examples],
-                                 x_val=arrays.x_val[:n_val], y_val=arrays.y_val[:n_val])
-    if config.max_test_examples:
-        arrays = arrays._replace(x_test=arrays.x_test[:config.max_test_examples],
-                                 y_test=arrays.y_test[:config.max_test_examples])
     dspec = data.spec(config.dataset, config.data_dir)
-    return data.DatasetSplits(
-        train=data.pipeline(arrays.x_train, arrays.y_train, dspec, config.batch_size, training=True,
-                            seed=config.seed, augment=dspec.augment),
-        validation=data.pipeline(arrays.x_val, arrays.y_val, dspec, config.batch_size),
-        test=data.pipeline(arrays.x_test, arrays.y_test, dspec, config.batch_size),
-        spec=dspec)
+    return data.splits_from_arrays(arrays, dspec, config.batch_size, shuffle_seed=config.seed,
+                                   max_train_examples=config.max_train_examples,
+                                   max_test_examples=config.max_test_examples, val_fraction=config.val_fraction)
 
 
 @functools.lru_cache(maxsize=4)

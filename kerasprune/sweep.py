@@ -272,9 +272,10 @@ def pending_runs(config, out):
     """Run ids of the sweep's runs not yet in ``OUT/results.csv``, in the order a sweep runs them;
     ``["lobster"]`` while the LOBSTER run the points come from has not finished."""
     lobster_dir = config.lobster_dir or os.path.join(out, "lobster")
-    finished = (config.lobster_dir is not None
-                or os.path.isfile(os.path.join(lobster_dir, "metrics.json")))
-    if not finished or not os.path.isfile(os.path.join(lobster_dir, "operating_points.csv")):
+    if config.lobster_dir is not None:  # given: it must already hold the points (--only lobster can't help)
+        ensure_lobster(config, out)
+    elif not (os.path.isfile(os.path.join(lobster_dir, "metrics.json"))
+              and os.path.isfile(os.path.join(lobster_dir, "operating_points.csv"))):
         return [LOBSTER_RUN_ID]
     points = _chosen_points(config, lobster_dir, read_operating_points(lobster_dir))
     done = ResultsTable(os.path.join(out, "results.csv")).done()

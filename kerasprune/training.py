@@ -417,8 +417,11 @@ def check_same_config(saved, wanted, out, resumable=("epochs",)):
         from kerasprune import runs
 
         if not runs.has_finished_epoch(out):  # a failed first attempt: nothing to keep
-            print(f"{out}: no finished epoch under the old configuration ({details}); starting afresh")
-            runs.clear_unstarted(out)
+            from kerasprune.distribute import is_chief
+
+            if is_chief():  # other workers of a multi-worker run must not delete the chief's files
+                print(f"{out}: no finished epoch under the old configuration ({details}); starting afresh")
+                runs.clear_unstarted(out)
             return
         raise KerasPruneError(f"{out} holds a run with another configuration ({details}); "
                               "rerun the same command to resume, or choose another --out")

@@ -240,7 +240,7 @@ def test_callback_takes_the_reference_start_from_kernels_only(rule, t_mean):
     callback.on_train_begin()
     model.optimizer.build(model.trainable_variables)
     result = callback.search(val_loss=model.evaluate(val, verbose=0))
-    assert result is None or result.trials[0][0] == pytest.approx(t_mean)
+    assert result is not None and result.trials[0][0] == pytest.approx(t_mean)
 
 
 def test_unknown_threshold_search_rule_is_refused():
@@ -469,6 +469,7 @@ def test_resuming_with_another_configuration_is_refused(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     training.write_json(str(out / "config.json"), dataclasses.asdict(small_config(epochs=1)))
+    (out / "history.csv").write_text("epoch,loss\n0,1.0\n")  # an epoch was finished (else: restart)
     out = str(out)
     with pytest.raises(KerasPruneError, match="another configuration .*lmbda"):
         run(small_config(epochs=1, lmbda=0.5), out, verbose=0)

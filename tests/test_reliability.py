@@ -195,3 +195,93 @@ def test_export_accepts_out_and_lobster_tensorboard_has_points_and_searches(tmp_
     events.Reload()
     tags = set(events.Tags()["tensors"])
     assert {"operating_point/test_error", "threshold_search/threshold", "threshold_search/trial_loss"} <= tags
+
+
+# -- fault injection: kills at random moments, one of them in the middle of a write ------------------
+LOBSTER_CLI = ["lobster", "--model", "lenet300", "--dataset", "mnist", "--epochs", "8", "--pwe", "1", "--lr", "0.3",
+               "--batch-size", "20", "--max-train-examples", "400", "--max-test-examples", "100"]
+# Dies in the middle of the k-th write of operating_points.csv: the temporary file is written, the
+# rename never happens (what a kill inside write_points leaves).
+DIE_IN_WRITE = """
+import os, sys
+import kerasprune.pure.points as points
+calls = [0]
+def dying_write(run_dir, rows):
+    calls[0] += 1
+    if calls[0] == int(os.environ["DIE_AT_WRITE"]):
+        with open(os.path.join(run_dir, points.POINTS_CSV) + ".partial.tmp", "w") as f:
+            f.write("point,pruned")
+        os._exit(9)
+    return original(run_dir, rows)
+original = points.write_points
+points.write_points = dying_write
+import kerasprune.lobster.points as lobster_points
+lobster_points.write_points = dying_write
+from kerasprune import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _cli(args, env=None, code=None):
+    argv = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "kerasprune", *args]
+    return subprocess.Popen(argv, env={**os.environ, "KERASPRUNE_THREADS": "1", **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_after_epochs(out, epochs, seconds=240):
+    """Starts the LOBSTER command and SIGKILLs it once ``history.csv`` has ``epochs`` more rows."""
+    start_rows = _rows(out)
+    child = _cli(LOBSTER_CLI + ["--out", out])
+    deadline = time.time() + seconds
+    while time.time() < deadline and child.poll() is None and _rows(out) < start_rows + epochs:
+        time.sleep(0.05)
+    child.kill()
+    child.wait()
+
+
+def _rows(out):
+    path = os.path.join(out, "history.csv")
+    return sum(1 for _ in open(path)) - 1 if os.path.isfile(path) else 0
+
+
+@pytest.mark.slow
+def test_lobster_killed_at_random_moments_ends_with_the_uninterrupted_table(tmp_path):
+    import random
+
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    assert _cli(LOBSTER_CLI + ["--out", whole]).wait() == 0
+    rng = random.Random(0)
+    assert _cli(LOBSTER_CLI + ["--out", killed], env={"DIE_AT_WRITE": "2"}, code=DIE_IN_WRITE).wait() == 9
+    for _ in range(3):  # SIGKILL after 1-2 more epochs, wherever the process is then
+        _kill_after_epochs(killed, rng.randint(1, 2))
+    assert _cli(LOBSTER_CLI + ["--out", killed]).wait() == 0
+    with open(os.path.join(whole, "operating_points.csv")) as a, open(os.path.join(killed, "operating_points.csv")) as b:
+        assert a.read() == b.read()
+    assert training.read_history(whole) == training.read_history(killed)
+
+
+@pytest.mark.slow
+def test_sweep_killed_at_random_moments_ends_with_the_uninterrupted_table(tmp_path):
+    import random
+
+    from kerasprune import results
+
+    config = tmp_path / "s.toml"
+    config.write_text('seeds = [0, 1]\nepochs = 1\nmax_train_examples = 400\nmax_test_examples = 100\n'
+                      'methods = ["lottery_rewind", "random_reinit"]\nbatch_size = 20\n'
+                      '[lobster]\nepochs = 6\npwe = 1\nlr = 0.3\n')
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    assert _cli(["sweep", str(config), "--out", whole, "--jobs", "1"]).wait() == 0
+    rng = random.Random(1)
+    for _ in range(4):
+        child = _cli(["sweep", str(config), "--out", killed, "--jobs", "1"])
+        time.sleep(rng.uniform(8, 25))
+        child.kill()
+        child.wait()
+    assert _cli(["sweep", str(config), "--out", killed, "--jobs", "1"]).wait() == 0
+
+    def table(out):
+        keep = ("method", "variant", "point", "seed", "pruned_params_pct", "test_error", "val_error", "test_loss")
+        return sorted(tuple(r[k] for k in keep) for r in results.ResultsTable(os.path.join(out, "results.csv")).rows())
+
+    assert table(whole) == table(killed)

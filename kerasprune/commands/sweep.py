@@ -64,7 +64,6 @@ def _jobs(text):
 def run(args):
     import os
     import shlex
-    import subprocess
     import sys
 
     from kerasprune import report, results
@@ -76,34 +75,39 @@ def run(args):
             raise KerasPruneError(f"{table} does not exist: run the sweep first")
         print(report.figure1(results.read(table), os.path.join(args.out, "figure1.png")))
         return 0
-    jobs = (os.cpu_count() or 1) if args.jobs == "auto" else args.jobs
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = cores if args.jobs == "auto" else args.jobs
     if args.list_runs or args.only:
         jobs = 1
-    if jobs > 1:  # before TensorFlow loads (kerasprune._keras reads it): each process its share
-        os.environ["KERASPRUNE_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    argv = [a for a in getattr(args, "_argv", sys.argv[1:]) if a != "--list-runs"]
+    if jobs > 1 and "KERASPRUNE_THREADS" not in os.environ:  # before TensorFlow loads (kerasprune._keras)
+        os.environ["KERASPRUNE_THREADS"] = str(max(1, cores // jobs))
     from kerasprune import sweep
 
-    config = sweep.load_config(args.config, data_dir=args.data_dir, seeds=args.seeds, methods=args.methods,
-                               points=args.points,
-                               strategy=args.strategy, lobster_dir=args.lobster_dir)
-    argv = [a for a in getattr(args, "_argv", sys.argv[1:]) if a != "--list-runs"]
+    config = _config(args, sweep)  # every setting checked here, before any process starts
+    if jobs > 1:
+        # LOBSTER, a single sequential run the retrainings wait for, first, with every core; then
+        # no more processes than runs are left (none left: this process only assembles).
+        if not _lobster_ready(args):
+            _spawn([*_without(argv, "--jobs", "--only"), "--jobs", "1", "--only", "lobster"], threads=None)
+        jobs = min(jobs, len(sweep.pending_runs(config, args.out)))
     if args.list_runs:
         pending = sweep.pending_runs(config, args.out)
         base = ["kerasprune", *_without(argv, "--jobs", "--only")]
         for run_id in pending:
             print(shlex.join(base + ["--only", run_id]))
         if pending == [sweep.LOBSTER_RUN_ID]:
-            print(f"# LOBSTER first; then --list-runs again for the retrainings", file=sys.stderr)
+            print("# LOBSTER first; then --list-runs again for the retrainings", file=sys.stderr)
         elif not pending:
             print(f"# every run is done; `kerasprune {shlex.join(_without(argv, '--jobs', '--only'))}` "
                   "assembles the figure and exports", file=sys.stderr)
         return 0
-    if jobs == 1:
+    if jobs <= 1:
         sweep.run(config, args.out, only=args.only, assemble=not args.no_assemble)
         return 0
     # Worker processes run the same sweep on the same folder: the per-run locks share the runs out.
-    worker = [sys.executable, "-m", "kerasprune", *_without(argv, "--jobs"), "--jobs", "1", "--no-assemble"]
-    children = [subprocess.Popen(worker) for _ in range(jobs - 1)]
+    worker = [*_without(argv, "--jobs"), "--jobs", "1", "--no-assemble"]
+    children = [_spawn(worker, threads=os.environ["KERASPRUNE_THREADS"], wait=False) for _ in range(jobs - 1)]
     try:
         sweep.run(config, args.out, assemble=False)
     finally:
@@ -113,6 +117,43 @@ def run(args):
                               f"(exit codes {codes}); run the same command again to resume")
     sweep.run(config, args.out)  # every run is done: the table's figure and exports
     return 0
+
+
+def _lobster_ready(args):
+    """True if the sweep's LOBSTER stage has nothing to run (read without loading TensorFlow)."""
+    import os
+    import tomllib
+
+    try:
+        with open(args.config, "rb") as f:
+            given = args.lobster_dir or tomllib.load(f).get("lobster_dir")
+    except (OSError, tomllib.TOMLDecodeError):
+        return True  # the sweep itself reports the bad file
+    return bool(given) or os.path.isfile(os.path.join(args.out, "lobster", "metrics.json"))
+
+
+def _config(args, sweep):
+    return sweep.load_config(args.config, data_dir=args.data_dir, seeds=args.seeds, methods=args.methods,
+                             points=args.points, strategy=args.strategy, lobster_dir=args.lobster_dir)
+
+
+def _spawn(argv, threads, wait=True):
+    """``kerasprune ARGV`` in a child process with ``threads`` TensorFlow threads (None: default)."""
+    import os
+    import subprocess
+    import sys
+
+    from kerasprune.errors import KerasPruneError
+
+    env = {k: v for k, v in os.environ.items() if k != "KERASPRUNE_THREADS"}
+    if threads is not None:
+        env["KERASPRUNE_THREADS"] = str(threads)
+    child = subprocess.Popen([sys.executable, "-m", "kerasprune", *argv], env=env)
+    if not wait:
+        return child
+    if child.wait():
+        raise KerasPruneError(f"`kerasprune {' '.join(argv)}` failed (exit code {child.returncode})")
+    return child
 
 
 def _without(argv, *flags):
