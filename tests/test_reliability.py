@@ -180,6 +180,14 @@ def test_help_shows_defaults_and_the_console_line_has_no_per_layer_values(capsys
     assert logs == {"loss": 1.0, "pruned_params_pct": 50.0}
 
 
+def test_multi_line_examples_in_help_are_not_folded_into_one_line():
+    import re
+
+    for name, module in cli.command_modules().items():
+        # A lone backslash at a line end inside a Python string joins the lines: "out       --flag".
+        assert not re.search(r"\S {3,}--", module.DESCRIPTION), name
+
+
 # -- 8. the same flags everywhere, and TensorBoard shows what the tables hold ---------------------------
 def test_export_accepts_out_and_lobster_tensorboard_has_points_and_searches(tmp_path):
     from kerasprune.lobster import LobsterConfig, run

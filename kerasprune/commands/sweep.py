@@ -23,9 +23,9 @@ examples:
   kerasprune sweep experiments/quick.toml --out runs/quick --plot-only
   kerasprune sweep experiments/quick.toml --out runs/quick --list-runs
   kerasprune sweep experiments/quick.toml --out runs/quick --only random_reinit/point_003/seed_1
-  kerasprune sweep experiments/lenet300_mnist.toml --out runs/lenet300_mnist \
+  kerasprune sweep experiments/lenet300_mnist.toml --out runs/lenet300_mnist \\
       --lobster-dir runs/lobster_lenet300_mnist
-  kerasprune sweep experiments/lenet300_mnist_g_vs_1s.toml --out runs/g_vs_1s_p48 \
+  kerasprune sweep experiments/lenet300_mnist_g_vs_1s.toml --out runs/g_vs_1s_p48 \\
       --lobster-dir runs/lobster_lenet300_mnist_pwe5 --points 48
 """
 
@@ -66,14 +66,14 @@ def run(args):
     import shlex
     import sys
 
-    from kerasprune import report, results
+    from kerasprune import paths, report, results
     from kerasprune.errors import KerasPruneError
 
     if args.plot_only:
-        table = os.path.join(args.out, "results.csv")
+        table = os.path.join(args.out, paths.RESULTS)
         if not os.path.isfile(table):
             raise KerasPruneError(f"{table} does not exist: run the sweep first")
-        print(report.figure1(results.read(table), os.path.join(args.out, "figure1.png")))
+        print(report.figure1(results.read(table), os.path.join(args.out, paths.FIGURE1)))
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = cores if args.jobs == "auto" else args.jobs
