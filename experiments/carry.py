@@ -54,8 +54,8 @@ def main(argv=None):
 
 def pack(run_dir, points="last", out=None):
     run_dir = os.path.normpath(run_dir)
-    name = os.path.basename(run_dir)
-    out = out or os.path.join(CARRY, f"{name}.tar.xz")
+    name = _name_under_runs(run_dir)  # e.g. search_rules/reference_seed0: unpacked there under runs/
+    out = out or os.path.join(CARRY, f"{name.replace('/', '__')}.tar.xz")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     keep = _chosen_points(run_dir, points)
     tmp = f"{out}.{os.getpid()}.tmp"
@@ -74,11 +74,21 @@ def pack(run_dir, points="last", out=None):
     return out
 
 
+def _name_under_runs(run_dir):
+    """``run_dir`` relative to its nearest ``runs`` ancestor (else its own name)."""
+    parts = os.path.abspath(run_dir).split(os.sep)
+    if "runs" in parts[:-1]:
+        index = len(parts) - 1 - parts[::-1].index("runs")
+        return "/".join(parts[index + 1:])
+    return parts[-1]
+
+
 def unpack(archive, parent):
     """Restores ``archive`` under ``parent`` unless a run folder there has as many epochs or more."""
     with tarfile.open(archive, "r:xz") as tar:
-        names = tar.getnames()
-        name = names[0].split("/")[0]
+        # The run folder: the shortest path holding a config.json (its tensorboard/ etc. are deeper).
+        name = min((m.name.rsplit("/", 1)[0] for m in tar.getmembers()
+                    if m.name.rsplit("/", 1)[-1] == "config.json"), key=len)
         target = os.path.join(parent, name)
         history = next((m for m in tar.getmembers() if m.name == f"{name}/history.csv"), None)
         carried = _count_epochs(tar.extractfile(history).read().decode()) if history else 0
@@ -88,6 +98,7 @@ def unpack(archive, parent):
         if os.path.isdir(target):
             raise SystemExit(f"{target} exists with {there} epochs, fewer than the archive's {carried}: "
                              "move it away first, then unpack again")
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         tar.extractall(parent, filter="data")
     return f"{target}: restored ({carried} epochs); rerun its command to resume"
 
