@@ -1,8 +1,10 @@
 """The only module that touches TF-MOT's pruning-wrapper internals.
 
 Everything else in kerasprune talks about masks as ``{key: bool array}`` over
-:func:`kerasprune.sparsity.prunable_variables` (key ``"<layer>/<kernel|bias|gamma|beta>"``) and calls
-:func:`wrap`, :func:`set_masks`, :func:`get_masks` and :func:`strip` from here.
+:func:`kerasprune.sparsity.prunable_variables` (key ``"<layer>/<kernel|bias|gamma|beta>"``; the mask
+maths is in :mod:`kerasprune.masks`) and calls :func:`wrap`, :func:`set_masks`, :func:`get_masks`,
+:func:`strip_shared` and :func:`plain_copy` from here. (:func:`kerasprune.sparsity.is_pruning_wrapper`
+recognises a wrapper without importing TF-MOT.)
 
 How a mask is held fixed. TF-MOT's ``PruneLowMagnitude`` recomputes its masks whenever its
 schedule says so (``pruning_impl.conditional_mask_update``). :class:`FixedMask` is a schedule that
@@ -157,11 +159,43 @@ def callbacks():
     return [_api.UpdatePruningStep()]
 
 
-def strip(model):
+def strip_shared(model):
     """The model without wrappers (TF-MOT ``strip_pruning``), masks applied first so it keeps its
-    zeros; shares variables with ``model``."""
+    zeros; shares variables (and layers) with ``model``. :func:`plain_copy` makes a separate model."""
     apply_masks(model)
     return _api.strip_pruning(model)
+
+
+strip = strip_shared  # the older name
+
+
+def folded_weights(model):
+    """``{weight.ref(): weight * mask}`` of every wrapped weight (TF-MOT's ``pruning_vars``): the
+    weight variable may hold non-zeros where the mask is 0 until the next masking op, so the mask is
+    multiplied in here; ``model`` is left untouched."""
+    folded = {}
+    for layer in wrappers(model):
+        for weight, mask, _ in layer.pruning_vars:
+            folded[weight.ref()] = weight.numpy() * mask.numpy().astype(weight.dtype.as_numpy_dtype)
+    return folded
+
+
+def plain_copy(model):
+    """A fresh copy of ``model`` without wrappers, each wrapped weight multiplied by its mask; shares
+    nothing with ``model``, which is left untouched (:func:`strip_shared` shares its variables)."""
+    folded = folded_weights(model)
+    source = _api.strip_pruning(model) if folded else model
+    with model.distribute_strategy.scope():
+        plain = keras.models.clone_model(source)
+    plain.set_weights([folded[v.ref()] if v.ref() in folded else v.numpy() for v in source.weights])
+    return plain
+
+
+def wrap_default(model):
+    """A clone of ``model`` in TF-MOT's own default wrappers (``prune_low_magnitude``: its default
+    schedule, kernels only): the layout of weight files saved from a model pruned with plain TF-MOT."""
+    with model.distribute_strategy.scope():
+        return _api.prune_low_magnitude(keras.models.clone_model(model))
 
 
 def polynomial_decay(final_sparsity, begin_step, end_step, frequency):

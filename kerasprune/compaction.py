@@ -139,9 +139,12 @@ def compact(model, max_passes=10, return_plans=False):
     ``(model, [CompactionPlan of each pass])``; the last plan describes the returned model's units
     and removes nothing unless ``max_passes`` ran out.
     """
-    from kerasprune import export
+    if sparsity.has_wrappers(model):
+        from kerasprune import _tfmot  # TF-MOT is slow to import: only for models that hold wrappers
 
-    model = export.strip(model) if export.has_wrappers(model) else _own_graph(model)
+        model = _tfmot.plain_copy(model)
+    else:
+        model = _own_graph(model)
     plans = []
     for _ in range(max_passes):
         plans.append(plan(model))
@@ -247,7 +250,7 @@ def _compact_once(model, p):
 
 def _require_plain(model):
     if any(isinstance(l, keras.layers.Wrapper) for l in model.layers):
-        raise ValueError("plan() needs a plain model; strip pruning wrappers first (export.strip)")
+        raise ValueError("plan() needs a plain model; strip pruning wrappers first (export.plain_copy)")
     if any(isinstance(l, keras.Model) for l in model.layers):
         raise ValueError("compaction does not support nested models; flatten the model first")
 

@@ -1,7 +1,8 @@
 """Exporting pruned models: plain SavedModels, compacted SavedModels, size reports, TFLite.
 
-:func:`strip` turns any pruned model (TF-MOT wrappers or plain layers with zeros) into a fresh model
-of standard Keras layers with its masks multiplied into the weights, so the zeros are real zeros.
+:func:`plain_copy` (or :func:`strip`, its older name) turns any pruned model (TF-MOT wrappers or
+plain layers with zeros) into a fresh model of standard Keras layers with its masks multiplied into
+the weights, so the zeros are real zeros.
 :func:`save` writes it as a SavedModel whose ``serving_default`` signature takes the model's input
 by name (``image``) and returns its output by name (``logits``); it loads with
 ``tf.saved_model.load`` and ``tf_keras.models.load_model`` without kerasprune installed.
@@ -11,7 +12,6 @@ gzip-compressed bytes (TF-MOT's way of showing what sparsity buys: zeros compres
 """
 import dataclasses
 import io
-import math
 import os
 import tarfile
 from typing import Optional
@@ -19,34 +19,32 @@ from typing import Optional
 import numpy as np
 
 from kerasprune import paths, sparsity
-from kerasprune._keras import keras, tf, tfmot
+from kerasprune._keras import keras, tf
+from kerasprune.sparsity import has_wrappers  # noqa: F401  (export.has_wrappers, as before)
 from kerasprune.errors import KerasPruneError
 
-LOBSTER_POINTS = "operating_points.csv"  # the LOBSTER run-folder contract (kerasprune.lobster)
+LOBSTER_POINTS = paths.POINTS_CSV  # the LOBSTER run-folder contract (kerasprune.pure.points)
 COMPACT_SUFFIX = "_compact"
 REPORT_SUFFIX = ".export.json"
 
 
-def has_wrappers(model):
-    return any(_is_pruning_wrapper(l) for l in sparsity.all_layers(model))
-
-
-def strip(model):
+def plain_copy(model):
     """A fresh copy of ``model`` of standard Keras layers: TF-MOT pruning wrappers removed, each
-    wrapped weight multiplied by its mask. ``model`` itself is left untouched."""
-    masked = {}
-    for layer in sparsity.all_layers(model):
-        if _is_pruning_wrapper(layer):
-            # TF-MOT keeps (weight, mask, threshold) per pruned weight; the weight variable may hold
-            # non-zeros where the mask is 0 until the next masking op, so fold explicitly.
-            for weight, mask, _ in layer.pruning_vars:
-                masked[weight.ref()] = weight.numpy() * mask.numpy().astype(weight.dtype.as_numpy_dtype)
-    source = tfmot().sparsity.keras.strip_pruning(model) if masked else model
-    with model.distribute_strategy.scope():
-        plain = keras.models.clone_model(source)
-    plain.set_weights([masked[v.ref()] if v.ref() in masked else v.numpy() for v in source.weights])
+    wrapped weight multiplied by its mask (:func:`kerasprune._tfmot.plain_copy`). ``model`` itself is
+    left untouched."""
+    if has_wrappers(model):
+        from kerasprune import _tfmot  # TF-MOT is slow to import: only for models that hold wrappers
+
+        plain = _tfmot.plain_copy(model)
+    else:
+        with model.distribute_strategy.scope():
+            plain = keras.models.clone_model(model)
+        plain.set_weights([v.numpy() for v in model.weights])
     _require_standard_layers(plain)
     return plain
+
+
+strip = plain_copy  # the older name
 
 
 def save(model, path):
@@ -57,7 +55,7 @@ def save(model, path):
     from kerasprune.distribute import is_chief
     from kerasprune.training import export_saved_model
 
-    plain = strip(model) if has_wrappers(model) else model
+    plain = plain_copy(model) if has_wrappers(model) else model
     _require_standard_layers(plain)
     if is_chief():
         export_saved_model(plain, path)
@@ -81,7 +79,7 @@ class SizeReport:
 
 def size_report(model, saved_model_dir, tflite_path=None):
     """The :class:`SizeReport` of ``model`` and its SavedModel (and TFLite file, if given)."""
-    plain = strip(model) if has_wrappers(model) else model
+    plain = plain_copy(model) if has_wrappers(model) else model
     weights = plain.get_weights()
     rep = sparsity.report(plain)
     out = SizeReport(
@@ -164,14 +162,13 @@ def run_sources(run_dir, points="all", weights=()):
     a training run its best checkpoint. Extra ``weights`` files are exported as given (tag: the file
     name), instead of those defaults when the folder is not a LOBSTER run.
     """
-    from kerasprune.lobster import read_operating_points
+    from kerasprune.pure.points import read_operating_points
 
     sources = []
     csv_path = os.path.join(run_dir, LOBSTER_POINTS)
     if os.path.isfile(csv_path):
-        # The level LOBSTER is still in has no test error yet, and its weights file is rewritten
-        # at each better epoch: not an operating point to export (a later run would skip it).
-        rows = [r for r in read_operating_points(run_dir) if not math.isnan(r["test_error"])]
+        # Not the level LOBSTER is still in (a later run would skip it as already exported).
+        rows = read_operating_points(run_dir, finished=True)
         if points == "last":
             rows = rows[-1:]
         elif points != "all":
@@ -241,15 +238,15 @@ def load_weights(model, weights):
         raise KerasPruneError(f"{weights} cannot be read ({str(exc).splitlines()[0][:120]}): the file is "
                               "damaged; restore it or rerun the run that wrote it") from None
     except (ValueError, KeyError) as plain_error:
-        api = tfmot().sparsity.keras
-        with model.distribute_strategy.scope():
-            wrapped = api.prune_low_magnitude(keras.models.clone_model(model))
+        from kerasprune import _tfmot
+
+        wrapped = _tfmot.wrap_default(model)
         try:
             wrapped.load_weights(weights)
         except (ValueError, KeyError):
             raise KerasPruneError(f"{weights} does not hold weights of {model.name} (plain or TF-MOT-"
                                   f"wrapped): {str(plain_error).splitlines()[0][:200]}") from None
-        return strip(wrapped)
+        return plain_copy(wrapped)
 
 
 def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True, tflite=False,
@@ -275,7 +272,7 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
             _say(verbose, f"{source.tag}: already exported ({report_path})")
             continue
         config = read_json(paths.run_file(run_dir, paths.CONFIG))
-        plain = strip(load_source(run_dir, source))
+        plain = plain_copy(load_source(run_dir, source))
         report = {"tag": source.tag, "weights": source.weights, "run_dir": os.path.abspath(run_dir),
                   "model": config["model"], "dataset": config["dataset"], "saved_model": sparse_dir}
         save(plain, sparse_dir)
@@ -354,19 +351,14 @@ def _say(verbose, text):
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_pruning_wrapper(layer):
-    # TF-MOT's PruneLowMagnitude (and its subclasses); recognised without importing TF-MOT eagerly.
-    return isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "pruning_vars")
-
-
 def _require_standard_layers(model):
     """An export must load without kerasprune: refuse layers that are not part of Keras."""
     for layer in sparsity.all_layers(model):
         module = type(layer).__module__
-        if not module.startswith("tf_keras.") or _is_pruning_wrapper(layer):
+        if not module.startswith("tf_keras.") or sparsity.is_pruning_wrapper(layer):
             raise KerasPruneError(f"layer {layer.name} is a {type(layer).__name__} from {module}, not a "
                                   "standard Keras layer; the SavedModel would not load without that code")
 
 
-__all__ = ["strip", "save", "size_report", "SizeReport", "to_tflite", "serving_logits", "export_run",
+__all__ = ["plain_copy", "strip", "has_wrappers", "save", "size_report", "SizeReport", "to_tflite", "serving_logits", "export_run",
            "run_sources", "load_source", "build_from_run", "load_weights", "gzip_bytes", "dir_bytes"]

@@ -1,6 +1,8 @@
 """One-shot pruning baselines and retraining with a fixed mask, on TF-MOT's pruning wrappers.
 
-Masks are ``{key: bool array}`` over :func:`kerasprune._tfmot.masked_parameters` (True = kept).
+Masks are ``{key: bool array}`` over :func:`kerasprune._tfmot.masked_parameters` (True = kept); their
+maths (``mask_of``, ``random_structure_mask``, ``global_magnitude_mask``, ...) is in
+:mod:`kerasprune.masks`, importable from here too.
 Every method trains in a run folder (``training.fit_and_record``: TensorBoard, history, best
 checkpoint, BackupAndRestore) and finishes by writing ``result.json`` there; calling it again on a
 finished folder returns that result without training, and a killed run resumes.
@@ -30,67 +32,13 @@ import numpy as np
 from kerasprune import _tfmot, paths, sparsity, training
 from kerasprune._keras import keras
 from kerasprune.errors import KerasPruneError
+from kerasprune.masks import (count_kept, global_magnitude_mask, kernel_target,  # noqa: F401  (old home)
+                              mask_of, prunable_counts, random_structure_mask)
 
 RESULT = "result.json"  # written last: its presence means the run finished
 FINAL_WEIGHTS = "final.weights.h5"  # the stripped model's weights (pruned entries exactly zero)
 METHODS = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp",
            "polynomial_decay")
-
-
-# ---------------------------------------------------------------------------------------------
-# Masks.
-
-def mask_of(model, kinds=_tfmot.ALL_KINDS):
-    """The mask of a pruned model's current weights: kept = nonzero."""
-    return {k: v.numpy() != 0 for k, v in _tfmot.masked_parameters(model, kinds).items()}
-
-
-def count_kept(mask):
-    return {k: int(np.count_nonzero(m)) for k, m in mask.items()}
-
-
-def random_structure_mask(mask, seed):
-    """A random mask keeping exactly as many entries of every tensor as ``mask`` does."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, m in mask.items():
-        flat = np.zeros(m.size, bool)
-        flat[rng.choice(m.size, size=int(np.count_nonzero(m)), replace=False)] = True
-        out[key] = flat.reshape(m.shape)
-    return out
-
-
-def global_magnitude_mask(values, n_pruned, current=None):
-    """Prunes the ``n_pruned`` smallest-magnitude entries over all tensors of ``values`` together
-    (already-pruned entries of ``current`` count first), as open_lth's ``sparse_global``."""
-    keys = list(values)
-    scores = np.concatenate([np.abs(np.asarray(values[k], np.float64)).ravel() for k in keys])
-    if current is not None:
-        alive = np.concatenate([np.asarray(current[k], bool).ravel() for k in keys])
-        scores = np.where(alive, scores, -1.0)
-    total = scores.size
-    if not 0 <= n_pruned < total:
-        raise KerasPruneError(f"cannot prune {n_pruned} of {total} parameters")
-    keep = np.ones(total, bool)
-    keep[np.argsort(scores, kind="stable")[:n_pruned]] = False
-    out, start = {}, 0
-    for k in keys:
-        size = np.asarray(values[k]).size
-        out[k] = keep[start:start + size].reshape(np.shape(values[k]))
-        start += size
-    return out
-
-
-def kernel_target(model, pruned_params_pct):
-    """How many kernel entries to prune so that ``pruned_params_pct`` of all prunable parameters
-    (kernels, biases, norms: the sparsity report's count) are pruned, kernels alone carrying it."""
-    total = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model))
-    kernels = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model, ("kernel",)))
-    n = int(round(pruned_params_pct / 100.0 * total))
-    if n >= kernels:
-        raise KerasPruneError(f"{pruned_params_pct:.2f}% of {total} parameters is more than all "
-                              f"{kernels} kernel entries")
-    return n, kernels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +128,7 @@ def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmo
     best = paths.run_file(run_dir, paths.BEST_WEIGHTS)
     if select == "best" and os.path.isfile(best):
         wrapped.load_weights(best)
-    final = _tfmot.strip(wrapped)
+    final = _tfmot.strip_shared(wrapped)
     training.compile_model(final, training.make_optimizer(config.optimizer, config.lr))
     test = training.evaluate(final, splits.test)
     val = training.evaluate(final, splits.validation)
@@ -372,9 +320,7 @@ def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
     each target level finishes.
     """
     initial, trained = dense(config, dense_dir, verbose=kw.get("verbose", "auto"))
-    model = build_model(config)
-    total = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model))
-    kernels = sum(int(np.prod(v.shape)) for _, v in sparsity.prunable_variables(model, ("kernel",)))
+    total, kernels = prunable_counts(build_model(config))
     levels = imp_levels(targets_pct, total, kernels, rate)
     _check_chain(root, levels, rate)
     out, previous, mask = {}, trained, None

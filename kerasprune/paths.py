@@ -11,6 +11,19 @@ BACKUP = "backup"  # BackupAndRestore state: a killed run resumes from here
 BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")  # best by validation loss
 INITIAL_WEIGHTS = "initial.weights.h5"  # weights at initialisation, for lottery-ticket rewinding
 
+# A LOBSTER run folder (read and written by kerasprune.pure.points).
+POINTS_CSV = "operating_points.csv"  # one row per sparsity level reached
+POINTS_DIR = "points"  # point_XXX.weights.h5, one per operating point
+
+# A sweep's output folder OUT (kerasprune.sweep, docs/sweep.md).
+SWEEP_CONFIG = "sweep_config.json"  # the resolved sweep config
+RESULTS = "results.csv"  # one row per finished run (kerasprune.results)
+EXPORTS = "exports.json"  # the SavedModels of the G and 1-S solutions
+FIGURE1 = "figure1.png"
+SWEEP_LOBSTER = "lobster"  # LOBSTER's run folder, unless the config names one
+SWEEP_DENSE = "dense"  # dense/seed_S/: the dense models the magnitude baselines start from
+SWEEP_RUNS = "runs"  # runs/<method>[_<variant>]/point_XXX/seed_S/: one folder per retraining
+
 SAVED_MODELS_ENV = "KERASPRUNE_SAVED_MODELS"
 
 

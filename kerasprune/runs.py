@@ -21,7 +21,7 @@ from kerasprune.errors import KerasPruneError
 LOCK = ".lock"
 # What a run leaves before its first finished epoch; removed when it restarts with other settings.
 _UNSTARTED = (paths.CONFIG, paths.INITIAL_WEIGHTS, paths.BACKUP, paths.TENSORBOARD, paths.HISTORY,
-              "checkpoints", "points", "operating_points.csv", "progression.png", "lr_plateau_state.json")
+              "checkpoints", paths.POINTS_DIR, paths.POINTS_CSV, "progression.png", "lr_plateau_state.json")
 
 
 def make_folder(out):

@@ -41,6 +41,16 @@ def unwrap(layer):
     return layer
 
 
+def is_pruning_wrapper(layer):
+    """TF-MOT's ``PruneLowMagnitude`` (and its subclasses), recognised without importing TF-MOT (it
+    is slow to import; :mod:`kerasprune._tfmot` imports it)."""
+    return isinstance(layer, keras.layers.Wrapper) and hasattr(layer, "pruning_vars")
+
+
+def has_wrappers(model):
+    return any(is_pruning_wrapper(l) for l in all_layers(model))
+
+
 def prunable_variables(model, kinds=DEFAULT_KINDS):
     """``[(layer_name, variable)]`` of the parameters that pruning acts on and sparsity counts.
 

@@ -12,14 +12,15 @@ output folder ``OUT``:
 Killed and rerun, a sweep skips every (method, variant, point, seed) already in the table and
 resumes unfinished runs; two sweeps on one folder split the work through per-run file locks.
 """
-import csv
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
 from typing import Any, Dict, List, Optional
 
+from kerasprune import paths
 from kerasprune.config import RunSettings
 from kerasprune.distribute import parse_strategy
 from kerasprune.errors import KerasPruneError
@@ -30,8 +31,6 @@ BASELINES = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_o
 # Fresh initialisations use seed FRESH_INIT_SEED_OFFSET + s, away from LOBSTER's (small) seeds.
 FRESH_INIT_SEED_OFFSET = 10_000
 ONESHOT_FOR_EXPORT = ("lottery_rewind", "random_reinit", "random_structure")  # the paper's "1-S"
-POINT_COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss",
-                 "test_error", "test_loss", "epoch", "weights")
 
 
 @dataclasses.dataclass
@@ -100,21 +99,11 @@ def load_config(path, **overrides):
 # LOBSTER's operating points (the shared run-folder contract).
 
 def read_operating_points(lobster_dir):
-    """Finished rows of ``operating_points.csv`` (with a test error), numbers parsed."""
-    path = os.path.join(lobster_dir, "operating_points.csv")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = []
-    for row in rows:
-        if row.get("test_error") in ("", None):  # the level LOBSTER is still in: not a point yet
-            continue
-        parsed = dict(row)
-        for k, v in row.items():
-            if k != "weights" and v not in ("", None):
-                parsed[k] = float(v)
-        parsed["point"] = int(parsed["point"])
-        out.append(parsed)
-    return out
+    """The finished operating points of ``lobster_dir`` (rows with a test error), numbers parsed:
+    :func:`kerasprune.pure.points.read_operating_points` with ``finished=True``."""
+    from kerasprune.pure.points import read_operating_points as read
+
+    return read(lobster_dir, finished=True)
 
 
 def ensure_lobster(config, out, verbose="auto"):
@@ -125,15 +114,15 @@ def ensure_lobster(config, out, verbose="auto"):
     operating points there are used as they are.
     """
     if config.lobster_dir:
-        if not os.path.isfile(os.path.join(config.lobster_dir, "operating_points.csv")):
-            raise KerasPruneError(f"lobster_dir {config.lobster_dir!r} has no operating_points.csv")
+        if not os.path.isfile(os.path.join(config.lobster_dir, paths.POINTS_CSV)):
+            raise KerasPruneError(f"lobster_dir {config.lobster_dir!r} has no {paths.POINTS_CSV}")
         _check_same_setup(config, config.lobster_dir)
         return config.lobster_dir
-    lobster_dir = os.path.join(out, "lobster")
+    lobster_dir = os.path.join(out, paths.SWEEP_LOBSTER)
     try:
         from kerasprune import lobster
     except ImportError as exc:
-        if os.path.isfile(os.path.join(lobster_dir, "operating_points.csv")):
+        if os.path.isfile(os.path.join(lobster_dir, paths.POINTS_CSV)):
             return lobster_dir
         raise KerasPruneError(f"no operating points in {lobster_dir} and kerasprune.lobster is not "
                               f"available ({exc}); set lobster_dir to a LOBSTER run folder") from None
@@ -151,11 +140,11 @@ def ensure_lobster(config, out, verbose="auto"):
 
 def point_mask(config, lobster_dir, row):
     """LOBSTER's mask at an operating point: nonzero over all prunable parameters."""
-    from kerasprune import oneshot
+    from kerasprune import masks, oneshot
 
     model = oneshot.build_model(config.train_config(0))
     model.load_weights(os.path.join(lobster_dir, row["weights"]))
-    return oneshot.mask_of(model)
+    return masks.mask_of(model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +172,7 @@ class Job:
         return f"{name}/point_{self.point:03d}/seed_{self.seed}"
 
     def run_dir(self, out):
-        return os.path.join(out, "runs", *self.run_id.split("/"))
+        return os.path.join(out, paths.SWEEP_RUNS, *self.run_id.split("/"))
 
 
 def jobs_for(config, points):
@@ -218,12 +207,14 @@ def run(config, out, verbose="auto", only=None, assemble=True):
     declare_strategy(config.strategy)  # before the first write (a stale TF_CONFIG must not mute it)
     os.makedirs(out, exist_ok=True)
     if is_chief():
-        training.write_json(os.path.join(out, "sweep_config.json"), dataclasses.asdict(config))
-    table = ResultsTable(os.path.join(out, "results.csv"))
+        training.write_json(os.path.join(out, paths.SWEEP_CONFIG), dataclasses.asdict(config))
+    table = ResultsTable(os.path.join(out, paths.RESULTS))
     lobster_dir = ensure_lobster(config, out, verbose)
     all_points = read_operating_points(lobster_dir)
     for row in all_points:
-        _append(table, _row("lobster", "", row["point"], int(_lobster_seed(lobster_dir, config)), row,
+        # A cell LOBSTER left empty stays empty in results.csv (the reader gives NaN for it).
+        measured = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+        _append(table, _row("lobster", "", row["point"], int(_lobster_seed(lobster_dir, config)), measured,
                             row["pruned_params_pct"], os.path.relpath(lobster_dir, out)))
     if only == LOBSTER_RUN_ID:
         return table.rows()
@@ -245,10 +236,10 @@ def run(config, out, verbose="auto", only=None, assemble=True):
         from kerasprune import results
 
         with file_lock(os.path.join(out, "exports.lock")):  # two sweeps finishing together
-            report.figure1(results.read(table.path), os.path.join(out, "figure1.png"),
+            report.figure1(results.read(table.path), os.path.join(out, paths.FIGURE1),
                            title=f"{config.name}: {config.model} on {config.dataset}")
             export_solutions(config, out, lobster_dir, points, results.read(table.path))
-        print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, 'figure1.png')}")
+        print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, paths.FIGURE1)}")
     return rows
 
 
@@ -271,14 +262,14 @@ def _chosen_points(config, lobster_dir, all_points):
 def pending_runs(config, out):
     """Run ids of the sweep's runs not yet in ``OUT/results.csv``, in the order a sweep runs them;
     ``["lobster"]`` while the LOBSTER run the points come from has not finished."""
-    lobster_dir = config.lobster_dir or os.path.join(out, "lobster")
+    lobster_dir = config.lobster_dir or os.path.join(out, paths.SWEEP_LOBSTER)
     if config.lobster_dir is not None:  # given: it must already hold the points (--only lobster can't help)
         ensure_lobster(config, out)
-    elif not (os.path.isfile(os.path.join(lobster_dir, "metrics.json"))
-              and os.path.isfile(os.path.join(lobster_dir, "operating_points.csv"))):
+    elif not (os.path.isfile(paths.run_file(lobster_dir, paths.METRICS))
+              and os.path.isfile(paths.run_file(lobster_dir, paths.POINTS_CSV))):
         return [LOBSTER_RUN_ID]
     points = _chosen_points(config, lobster_dir, read_operating_points(lobster_dir))
-    done = ResultsTable(os.path.join(out, "results.csv")).done()
+    done = ResultsTable(os.path.join(out, paths.RESULTS)).done()
     return [j.run_id for j in jobs_for(config, points) if not all(k in done for k in j.keys(points))]
 
 
@@ -289,7 +280,7 @@ SAME_SETUP = ("model", "dataset", "split_seed", "val_fraction")
 
 def _lobster_config(lobster_dir):
     """The LOBSTER folder's ``config.json``, or {} (a folder made by hand or by an older version)."""
-    path = os.path.join(lobster_dir, "config.json")
+    path = paths.run_file(lobster_dir, paths.CONFIG)
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
@@ -364,7 +355,7 @@ class _Context:
     def dense(self, seed):
         from kerasprune import oneshot
 
-        dense_dir = os.path.join(self.out, "dense", f"seed_{seed}")
+        dense_dir = os.path.join(self.out, paths.SWEEP_DENSE, f"seed_{seed}")
         cfg = self.config.train_config(seed, self.config.dense_epochs)
         with file_lock(dense_dir + ".lock"):
             return dense_dir, cfg, oneshot.dense(cfg, dense_dir, verbose=self.verbose)
@@ -401,7 +392,7 @@ class _Context:
               f"{job.point if job.point is not None else 'all'} seed {job.seed} -> {run_dir}", flush=True)
         if job.method == "lottery_rewind":
             result = oneshot.lottery_rewind(cfg, run_dir, self.mask(job.point),
-                                            os.path.join(self.lobster_dir, "initial.weights.h5"), **kw)
+                                            paths.run_file(self.lobster_dir, paths.INITIAL_WEIGHTS), **kw)
         elif job.method == "random_reinit":
             cfg = dataclasses.replace(cfg, seed=self.fresh_init_seed(job.seed))
             result = oneshot.random_reinit(cfg, run_dir, self.mask(job.point), **kw)
@@ -449,7 +440,7 @@ def export_solutions(config, out, lobster_dir, points, rows):
     top = max(points, key=lambda p: p["pruned_params_pct"])
     candidates = [r for r in rows if r["method"] in ONESHOT_FOR_EXPORT and r["point"] == top["point"]
                   and r.get("val_error") is not None]
-    exports_path = os.path.join(out, "exports.json")
+    exports_path = os.path.join(out, paths.EXPORTS)
     current = training.read_json(exports_path) if os.path.isfile(exports_path) else {}
     info = dict(current)
     g_source = os.path.join(lobster_dir, top["weights"])

@@ -36,7 +36,7 @@ PSP_SPLITS = ("train", "validation", "test")
 # The same file name as the sweep's retrainings: ``kerasprune export`` and another transfer read a
 # transfer folder the way they read those (when its config names a registered model).
 FINAL_WEIGHTS = "final.weights.h5"
-LOBSTER_POINTS = "operating_points.csv"
+LOBSTER_POINTS = paths.POINTS_CSV
 
 
 @dataclasses.dataclass
@@ -150,9 +150,9 @@ def describe_source(path, point=None):
                 data_dir=config.get("data_dir"))
     if os.path.isfile(os.path.join(path, LOBSTER_POINTS)):
         if point is None:
-            from kerasprune.lobster import read_operating_points
+            from kerasprune.pure.points import read_operating_points
 
-            finished = [r["point"] for r in read_operating_points(path) if not np.isnan(r["test_error"])]
+            finished = [r["point"] for r in read_operating_points(path, finished=True)]
             raise KerasPruneError(f"{path} is a LOBSTER run: choose an operating point with --point N "
                                   f"(finished points: {finished or 'none'})")
         (found,) = export.run_sources(path, points=str(point))
@@ -478,7 +478,7 @@ def _run_in(config, info, out, verbose):
                                                                    kinds=config.mask_kinds)))
     # A fresh plain copy, masks folded in (TF-MOT's strip_pruning shares its inner layers with the
     # wrapped graph, whose tensors a PSP sub-model cannot be built from).
-    final = export.strip(fit_model) if mask is not None else model
+    final = export.plain_copy(fit_model) if mask is not None else model
     _check_body(final, body_before, mask, config.mask_kinds)
     for layer in final.layers:  # the saved model trains as a whole when loaded
         layer.trainable = True

@@ -34,7 +34,7 @@ def test_every_config_has_the_shared_settings_and_checks(cls):
 
 def test_sweep_passes_every_shared_setting_to_its_training_runs():
     values = dict(model="lenet5", dataset="fashion_mnist", batch_size=50, lr=0.05, momentum=0.9,
-                  weight_decay=1e-4, optimizer="adam", val_fraction=0.2, split_seed=3, data_dir="/data",
+                  weight_decay=1e-4, optimizer="rmsprop", val_fraction=0.2, split_seed=3, data_dir="/data",
                   max_train_examples=7, max_test_examples=9, strategy="one_device")
     assert set(values) == SHARED  # a new shared setting must be added to this test
     cfg = sweep.SweepConfig(**values, epochs=4).train_config(seed=2)

@@ -1,5 +1,4 @@
 """SavedModel export of pruned models: stripping, round trips without kerasprune, the export command."""
-import csv
 import json
 import os
 import shutil
@@ -13,9 +12,7 @@ import pytest
 from kerasprune import cli, export, models, paths, sparsity, training
 from kerasprune._keras import keras, tf, tfmot
 from kerasprune.errors import KerasPruneError
-
-POINT_COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss", "test_error",
-                 "test_loss", "epoch", "weights")
+from kerasprune.pure import points
 
 
 def prune(weights, fractions, dead_units):
@@ -47,10 +44,7 @@ def lobster_run(tmp_path_factory, mnist_small):
                      "pruned_neurons_pct": rep.pruned_neurons_pct, "val_error": 0.1, "val_loss": 0.3,
                      "test_error": 0.1, "test_loss": 0.3, "epoch": point,
                      "weights": f"points/point_{point:03d}.weights.h5"})
-    with open(run_dir / "operating_points.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=POINT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    points.write_points(str(run_dir), rows)
     (run_dir / "config.json").write_text(json.dumps({
         "model": "lenet300", "dataset": "mnist", "seed": 0, "batch_size": 100, "lr": 0.1, "momentum": 0.0,
         "data_dir": None, "val_fraction": 0.1, "split_seed": 0, "max_train_examples": 2000}))
@@ -169,7 +163,7 @@ def test_the_level_lobster_is_still_in_is_not_exported_and_tags_must_differ(lobs
     with open(run / "operating_points.csv") as f:
         lines = f.read().splitlines()
     cells = lines[-1].split(",")
-    cells[POINT_COLUMNS.index("test_error")] = cells[POINT_COLUMNS.index("test_loss")] = ""
+    cells[points.COLUMNS.index("test_error")] = cells[points.COLUMNS.index("test_loss")] = ""
     with open(run / "operating_points.csv", "w") as f:
         f.write("\n".join(lines[:-1] + [",".join(cells)]) + "\n")
     assert [x.tag for x in export.run_sources(str(run), "last")] == ["point_000"]

@@ -1,4 +1,3 @@
-import csv
 import json
 import os
 import subprocess
@@ -9,6 +8,7 @@ import pytest
 
 from kerasprune import cli, oneshot, report, results, sweep, training
 from kerasprune.errors import KerasPruneError
+from kerasprune.pure import points
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = dict(model="lenet300", dataset="mnist", max_train_examples=500, max_test_examples=200)
@@ -40,10 +40,7 @@ def lobster_dir(tmp_path_factory):
                          pruned_neurons_pct=rep.pruned_neurons_pct, val_error=1 - val["accuracy"],
                          val_loss=val["loss"], test_error=1 - test["accuracy"], test_loss=test["loss"],
                          epoch=point, weights=weights))
-    with open(out / "operating_points.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    points.write_points(str(out), rows)
     (out / "config.json").write_text(json.dumps(dict(seed=0, batch_size=100, lr=0.1, momentum=0.0,
                                                      data_dir=None, val_fraction=0.1, split_seed=0, **DATA)))
     return str(out)

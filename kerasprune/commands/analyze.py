@@ -7,6 +7,7 @@ from the flags and prints a summary.
 import json
 import os
 
+from kerasprune import paths
 from kerasprune.analysis.compare import EIGEN_METHODS, FULL, QUICK  # no TensorFlow at import
 from kerasprune.commands import _common
 from kerasprune.errors import KerasPruneError
@@ -101,7 +102,7 @@ def resolve_model_path(path):
         raise KerasPruneError("give --g and --oneshot, or --sweep")
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    metrics = os.path.join(path, "metrics.json")
+    metrics = paths.run_file(path, paths.METRICS)
     if os.path.isfile(metrics):
         with open(metrics) as f:
             saved = json.load(f).get("saved_model")
@@ -113,7 +114,7 @@ def resolve_model_path(path):
 
 
 def resolve_sweep(sweep_dir):
-    exports = os.path.join(sweep_dir, "exports.json")
+    exports = os.path.join(sweep_dir, paths.EXPORTS)
     if not os.path.isfile(exports):
         raise KerasPruneError(f"{exports} does not exist: has the sweep finished its exports?")
     with open(exports) as f:
@@ -131,8 +132,8 @@ def recorded_dataset(path):
     """The dataset a model's folder records: its run's ``config.json``, or the ``sweep_config.json``
     of the sweep it was exported from (``SWEEP/exports/g``); None when nothing says."""
     path = os.path.abspath(path)
-    for folder, name in ((path, "config.json"), (path, "sweep_config.json"),
-                         (os.path.dirname(os.path.dirname(path)), "sweep_config.json")):
+    for folder, name in ((path, paths.CONFIG), (path, paths.SWEEP_CONFIG),
+                         (os.path.dirname(os.path.dirname(path)), paths.SWEEP_CONFIG)):
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
             with open(candidate) as f:

@@ -11,7 +11,8 @@ import math
 import os
 
 from kerasprune.pure.points import (COLUMNS, POINTS_CSV, POINTS_DIR, _INTS, _fmt,  # noqa: F401
-                                    read_operating_points, save_weights_atomic, weights_name, write_points)
+                                    finished_points, read_operating_points, save_weights_atomic,
+                                    weights_name, write_points)
 
 PLOT = "progression.png"
 
@@ -29,11 +30,11 @@ def weights_only_twin(model):
 
 def load_operating_point(run_dir, point):
     """The model of ``run_dir``'s config with operating point ``point``'s weights (uncompiled)."""
-    from kerasprune import data, models
+    from kerasprune import data, models, paths
     from kerasprune.errors import KerasPruneError
     from kerasprune.training import read_json
 
-    config = read_json(os.path.join(run_dir, "config.json"))
+    config = read_json(paths.run_file(run_dir, paths.CONFIG))
     rows = {r["point"]: r for r in read_operating_points(run_dir)}
     if point not in rows:
         raise KerasPruneError(f"{run_dir} has no operating point {point}; it has {sorted(rows) or 'none'}")

@@ -11,8 +11,7 @@ import csv
 import math
 import os
 
-POINTS_CSV = "operating_points.csv"
-POINTS_DIR = "points"
+from kerasprune.paths import POINTS_CSV, POINTS_DIR  # noqa: F401  (the names live with the others)
 COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss", "test_error",
            "test_loss", "epoch", "weights", "pruned_params", "params", "pruned_neurons", "neurons",
            "threshold", "lr", "pruned_neurons_ref_pct", "pruned_neurons_ref", "neurons_ref")
@@ -38,13 +37,12 @@ def write_points(run_dir, rows):
 
 
 def _fmt(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return value
+    return "" if _missing(value) else value
 
 
-def read_operating_points(run_dir):
-    """The rows of ``operating_points.csv`` as dicts (ints, floats; NaN where not measured)."""
+def read_operating_points(run_dir, finished=False):
+    """The rows of ``operating_points.csv`` as dicts (ints, floats; NaN where not measured); [] if
+    there is no table. ``finished``: only the operating points (see :func:`finished_points`)."""
     path = os.path.join(run_dir, POINTS_CSV)
     if not os.path.isfile(path):
         return []
@@ -66,7 +64,17 @@ def read_operating_points(run_dir):
                 else:
                     row[key] = float(value) if value != "" else math.nan
             rows.append(row)
-    return rows
+    return finished_points(rows) if finished else rows
+
+
+def finished_points(rows):
+    """The rows that are operating points: the level LOBSTER is still in has no test error yet (and
+    its weights file is rewritten at each better epoch)."""
+    return [r for r in rows if not _missing(r.get("test_error"))]
+
+
+def _missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def save_weights_atomic(model, path, weights=None):
