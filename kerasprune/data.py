@@ -59,20 +59,29 @@ DATASETS = {
 }
 
 
-class DatasetSplits(NamedTuple):
-    """Batched, prefetched pipelines; ``spec`` says shapes, classes and normalisation.
-
-    ``train`` reshuffles on every pass (for your own ``model.fit``). Runs train on
-    ``train_epochs(start_epoch)`` instead (see :class:`EpochStream`): the batches of epoch ``e``
-    depend on ``(shuffle_seed, e)`` only, so a run resumed at epoch ``k`` sees what an
-    uninterrupted one sees.
-    """
-
+class _Splits(NamedTuple):
     train: "object"
     validation: "object"
     test: "object"
     spec: DatasetSpec
-    train_epochs: "object" = None  # EpochStream of the training split
+
+
+class DatasetSplits(_Splits):
+    """Batched, prefetched pipelines; ``spec`` says shapes, classes and normalisation. Unpacks as
+    ``train, validation, test, spec``.
+
+    ``train`` reshuffles on every pass (for your own ``model.fit``). Runs train on
+    ``train_epochs(start_epoch)`` instead (an attribute, see :class:`EpochStream`): the batches of
+    epoch ``e`` depend on ``(shuffle_seed, e)`` only, so a run resumed at epoch ``k`` sees what an
+    uninterrupted one sees. It is None on splits made without it (and after ``_replace``).
+    """
+
+    train_epochs = None
+
+    def __new__(cls, train, validation, test, spec, train_epochs=None):
+        self = super().__new__(cls, train, validation, test, spec)
+        self.train_epochs = train_epochs  # not a tuple field: 4-way unpacking keeps working
+        return self
 
 
 class EpochStream:

@@ -342,16 +342,13 @@ def load_target(config):
     if config.shots:
         index = draw_shots(y, config.shots, config.draw_seed, dspec.num_classes)
         x, y = x[index], y[index]
-    extra = {}
-    if "train_epochs" in data.DatasetSplits._fields and hasattr(data, "EpochStream"):
-        extra["train_epochs"] = data.EpochStream(x, y, dspec, config.batch_size, seed=config.seed,
-                                                 augment=dspec.augment)
     splits = data.DatasetSplits(
         train=data.pipeline(x, y, dspec, config.batch_size, training=True, seed=config.seed,
                             augment=dspec.augment),
         validation=data.pipeline(arrays.x_val, arrays.y_val, dspec, config.batch_size),
         test=data.pipeline(arrays.x_test, arrays.y_test, dspec, config.batch_size),
-        spec=dspec, **extra)
+        spec=dspec,
+        train_epochs=data.EpochStream(x, y, dspec, config.batch_size, seed=config.seed, augment=dspec.augment))
     return splits, arrays, index
 
 

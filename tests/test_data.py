@@ -128,3 +128,22 @@ def test_offline_without_data_dir_uses_what_tfds_already_prepared(tmp_path, monk
     monkeypatch.setattr(data, "TFDS_DOWNLOAD_HOST", "no-such-host.invalid")
     again = data.load_arrays("mnist")
     assert np.array_equal(again.x_test, first.x_test) and np.array_equal(again.y_train, first.y_train)
+
+
+def test_load_still_unpacks_into_four_and_the_epoch_stream_depends_on_seed_and_epoch_only():
+    from kerasprune import data
+
+    splits = data.load("mnist", max_train_examples=300, max_test_examples=100, batch_size=32)
+    train, validation, test, spec = splits  # the documented 4-way unpacking
+    stream = splits.train_epochs
+    assert stream.steps_per_epoch == 10  # 300 training examples, batch 32: the last batch is short
+    again = data.load("mnist", max_train_examples=300, max_test_examples=100, batch_size=32).train_epochs
+    np.testing.assert_array_equal(stream.permutation(4), again.permutation(4))
+    assert not np.array_equal(stream.permutation(4), stream.permutation(5))
+    assert sorted(stream.permutation(4)) == list(range(300))
+    # A stream started at epoch 2 (a resumed run) gives what an uninterrupted one gives from there.
+    resumed = [y.numpy() for _, y in stream(2).take(10)]
+    whole = [y.numpy() for _, y in stream(0).skip(20).take(10)]
+    for a, b in zip(resumed, whole):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(resumed[0], stream.y[stream.permutation(2)[:32]])
