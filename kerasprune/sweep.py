@@ -201,7 +201,7 @@ def run(config, out, verbose="auto", only=None, assemble=True):
     figure and the exports (a worker beside other processes of the same sweep); a plain run on a
     folder whose runs are all done only assembles them.
     """
-    from kerasprune import oneshot, report, training  # noqa: F401  (oneshot: jobs import it anyway)
+    from kerasprune import report, training
     from kerasprune.distribute import declare_strategy, is_chief
 
     declare_strategy(config.strategy)  # before the first write (a stale TF_CONFIG must not mute it)
