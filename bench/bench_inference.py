@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kerasprune import compaction, data, export, models, sparsity, training  # noqa: E402
+from kerasprune import compaction, data, export, models, runs, sparsity, training  # noqa: E402
 from kerasprune._keras import keras, tf, tfmot  # noqa: E402
 
 
@@ -263,7 +263,7 @@ def main():
                   "threads": args.threads,
                   "sizes": {k: vars(s) for k, s in sizes.items()},
                   "units_before": plans[0].units_by_layer(), "units_after": plans[-1].units_by_layer()}
-        training.write_json(args.out, result)
+        runs.write_json(args.out, result)
 
 
 if __name__ == "__main__":

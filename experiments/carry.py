@@ -23,8 +23,12 @@ import sys
 import tarfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from kerasprune import runs  # noqa: E402  (no TensorFlow import)
+
 CARRY = os.path.join(HERE, "carry")
-SKIP = ("points", "saved_models")  # points are chosen one by one; exports are rebuilt by `export`
+SKIP = (runs.POINTS_DIR, "saved_models")  # points are chosen one by one; exports are rebuilt by `export`
 
 
 def main(argv=None):
@@ -58,8 +62,7 @@ def pack(run_dir, points="last", out=None):
     out = out or os.path.join(CARRY, f"{name.replace('/', '__')}.tar.xz")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     keep = _chosen_points(run_dir, points)
-    tmp = f"{out}.{os.getpid()}.tmp"
-    with _paused(run_dir), tarfile.open(tmp, "w:xz") as tar:
+    with runs.atomic_path(out) as tmp, _paused(run_dir), tarfile.open(tmp, "w:xz") as tar:
         for root, dirs, files in os.walk(run_dir):
             rel = os.path.relpath(root, run_dir)
             if rel == ".":
@@ -70,7 +73,6 @@ def pack(run_dir, points="last", out=None):
                 tar.add(os.path.join(root, f), arcname=os.path.normpath(os.path.join(name, rel, f)))
         for weights in keep:
             tar.add(os.path.join(run_dir, weights), arcname=os.path.join(name, weights))
-    os.replace(tmp, out)
     return out
 
 
@@ -88,9 +90,9 @@ def unpack(archive, parent):
     with tarfile.open(archive, "r:xz") as tar:
         # The run folder: the shortest path holding a config.json (its tensorboard/ etc. are deeper).
         name = min((m.name.rsplit("/", 1)[0] for m in tar.getmembers()
-                    if m.name.rsplit("/", 1)[-1] == "config.json"), key=len)
+                    if m.name.rsplit("/", 1)[-1] == runs.CONFIG), key=len)
         target = os.path.join(parent, name)
-        history = next((m for m in tar.getmembers() if m.name == f"{name}/history.csv"), None)
+        history = next((m for m in tar.getmembers() if m.name == f"{name}/{runs.HISTORY}"), None)
         carried = _count_epochs(tar.extractfile(history).read().decode()) if history else 0
         there = epochs_in(target)
         if there >= carried and os.path.isdir(target):
@@ -104,7 +106,7 @@ def unpack(archive, parent):
 
 
 def epochs_in(run_dir):
-    path = os.path.join(run_dir, "history.csv")
+    path = os.path.join(run_dir, runs.HISTORY)
     if not os.path.isfile(path):
         return 0
     with open(path) as f:
@@ -116,7 +118,7 @@ def _count_epochs(text):
 
 
 def _chosen_points(run_dir, spec):
-    path = os.path.join(run_dir, "operating_points.csv")
+    path = os.path.join(run_dir, runs.POINTS_CSV)
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:

@@ -14,30 +14,27 @@ ones). This script rebuilds each run's plain model from its ``config.json``, loa
 import argparse
 import csv
 import io
-import json
 import os
 import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kerasprune import export, oneshot, paths, report, results, sparsity, training  # noqa: E402
+from kerasprune import export, report, results, runs, sparsity  # noqa: E402
 
 
 def recount_run(run_dir):
     """``(old %, new %)`` of one finished retraining; updates its ``result.json``."""
-    result_path = paths.run_file(run_dir, oneshot.RESULT)
-    with open(result_path) as f:
-        result = json.load(f)
+    result = runs.finished(run_dir, "retrain")
     model, _ = export.build_from_run(run_dir)
-    model.load_weights(paths.run_file(run_dir, result["weights"]))
+    model.load_weights(runs.run_file(run_dir, result["weights"]))
     rep = sparsity.report(model)
     if abs(rep.pruned_params_pct - result["pruned_params_pct"]) > 1e-9:
         raise RuntimeError(f"{run_dir}: pruned parameters {rep.pruned_params_pct} != recorded "
                            f"{result['pruned_params_pct']}; wrong weights file?")
     old = result["pruned_neurons_pct"]
     result["pruned_neurons_pct"] = rep.pruned_neurons_pct
-    training.write_json(result_path, result)
+    runs.mark_finished(run_dir, "retrain", result)
     return old, rep.pruned_neurons_pct
 
 
@@ -46,17 +43,16 @@ def main():
     p.add_argument("out", help="the sweep's output folder (holds results.csv)")
     p.add_argument("--copy-to", default=None, help="also copy results.csv and figure1.png here")
     args = p.parse_args()
-    table = os.path.join(args.out, "results.csv")
+    table = os.path.join(args.out, runs.RESULTS)
     with results.file_lock(table + ".lock"):  # a sweep still appending waits for the rewrite
         rewrite(args.out, table)
-    with open(os.path.join(args.out, "sweep_config.json")) as f:
-        sweep = json.load(f)
-    figure = os.path.join(args.out, "figure1.png")
+    sweep = runs.read_json(os.path.join(args.out, runs.SWEEP_CONFIG))
+    figure = os.path.join(args.out, runs.FIGURE1)
     report.figure1(results.read(table), figure,
                    title=f"{sweep['name']}: {sweep['model']} on {sweep['dataset']}")
     print(f"rewrote {figure}")
     if args.copy_to:
-        for name in ("results.csv", "figure1.png"):
+        for name in (runs.RESULTS, runs.FIGURE1):
             shutil.copy(os.path.join(args.out, name), os.path.join(args.copy_to, name))
 
 
@@ -65,7 +61,7 @@ def rewrite(out, table):
     changed = 0
     for row in rows:
         run_dir = os.path.join(out, row["run_dir"])
-        if row["method"] in ("lobster", "dense") or not os.path.isfile(paths.run_file(run_dir, oneshot.RESULT)):
+        if row["method"] in ("lobster", "dense") or runs.finished(run_dir, "retrain") is None:
             continue
         old, new = recount_run(run_dir)
         if abs(float(row["pruned_neurons_pct"]) - new) > 1e-9:
@@ -77,10 +73,7 @@ def rewrite(out, table):
     writer = csv.DictWriter(buffer, fieldnames=results.COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = table + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(buffer.getvalue())
-    os.replace(tmp, table)
+    runs.write_atomic(table, buffer.getvalue())
     print(f"{changed} of {len(rows)} rows changed; rewrote {table}")
 
 

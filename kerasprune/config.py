@@ -24,7 +24,7 @@ class RunSettings:
     lr: float = 0.1
     momentum: float = 0.0
     # Coupled L2 decay, PyTorch SGD's weight_decay: g <- g + weight_decay * w before the optimizer's
-    # update (training.make_optimizer). 0: none. Missing from an old config.json counts as 0.
+    # update (optimizers.make_optimizer). 0: none. Missing from an old config.json counts as 0.
     weight_decay: float = 0.0
     optimizer: str = "sgd"
     val_fraction: float = 0.1
@@ -53,24 +53,30 @@ class RunSettings:
         if self.max_train_examples is not None and round(self.max_train_examples * self.val_fraction) < 1:
             raise KerasPruneError(f"max_train_examples {self.max_train_examples} leaves no validation example "
                                   f"at val_fraction {self.val_fraction}")
-        from kerasprune import data, models, training
+        from kerasprune import data, models, optimizers  # here: models and optimizers import TensorFlow
 
         if self.dataset not in data.DATASETS and not os.path.isdir(self.dataset):
             data.spec(self.dataset)  # raises the unknown-name error, before any run folder is made
         # Names too, before any run folder is made: a typo must not pin a folder's config.json.
         models.MODELS.get_or_raise(self.model)
-        training.check_optimizer_name(self.optimizer, self.momentum)
+        optimizers.check_optimizer_name(self.optimizer, self.momentum)
 
     def settings(self):
         """The :class:`RunSettings` fields of this config, as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}
 
-    def make_optimizer(self):
-        """The base optimizer these settings describe (:func:`kerasprune.training.make_optimizer`):
-        use this rather than passing the fields one by one, so no optimizer setting is left out."""
-        from kerasprune import training
+    @staticmethod
+    def default_settings():
+        """Each :class:`RunSettings` field's default: what a run folder written before the field
+        existed ran with (``kerasprune.runs.start`` reads a config.json that lacks it so)."""
+        return {f.name: f.default for f in dataclasses.fields(RunSettings) if f.default is not dataclasses.MISSING}
 
-        return training.make_optimizer(self.optimizer, self.lr, self.momentum, self.weight_decay)
+    def make_optimizer(self):
+        """The base optimizer these settings describe (:func:`kerasprune.optimizers.make_optimizer`):
+        use this rather than passing the fields one by one, so no optimizer setting is left out."""
+        from kerasprune import optimizers
+
+        return optimizers.make_optimizer(self.optimizer, self.lr, self.momentum, self.weight_decay)
 
     def load_data(self, shuffle_seed, **kwargs):
         """The dataset splits these settings describe (:func:`kerasprune.data.load`)."""

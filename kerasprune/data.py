@@ -22,6 +22,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from kerasprune.errors import KerasPruneError
+from kerasprune.runs import atomic_path
 
 DATA_DIR_ENV = "KERASPRUNE_DATA_DIR"
 CACHE_DIR_ENV = "KERASPRUNE_CACHE_DIR"
@@ -430,9 +431,8 @@ def _read_image_tree(root):
         if len(test_files) and x_te.shape[1:] != x_tr.shape[1:]:
             raise KerasPruneError(f"test images are {x_te.shape[1:]}, train images {x_tr.shape[1:]}")
         os.makedirs(os.path.dirname(cached), exist_ok=True)
-        tmp = cached + f".{os.getpid()}.tmp.npz"
-        np.savez(tmp, x_train=x_tr, x_test=x_te)
-        os.replace(tmp, cached)
+        with atomic_path(cached, suffix=".npz") as tmp:
+            np.savez(tmp, x_train=x_tr, x_test=x_te)
     return _mixed(x_tr, y_tr), _mixed(x_te, y_te), classes
 
 

@@ -18,14 +18,16 @@ from typing import Optional
 
 import numpy as np
 
-from kerasprune import paths, sparsity
+from kerasprune import models, runs, sparsity
 from kerasprune._keras import keras, tf
+from kerasprune.config import RunSettings
+from kerasprune.distribute import is_chief
 from kerasprune.sparsity import has_wrappers  # noqa: F401  (export.has_wrappers, as before)
 from kerasprune.errors import KerasPruneError
 
-LOBSTER_POINTS = paths.POINTS_CSV  # the LOBSTER run-folder contract (kerasprune.pure.points)
+LOBSTER_POINTS = runs.POINTS_CSV  # the LOBSTER run-folder contract (kerasprune.pure.points)
 COMPACT_SUFFIX = "_compact"
-REPORT_SUFFIX = ".export.json"
+REPORT_SUFFIX = runs.EXPORT_REPORT_SUFFIX  # T.export.json, written last: T's export finished
 
 
 def plain_copy(model):
@@ -52,7 +54,6 @@ def save(model, path):
 
     Only the chief writes (under multi-worker training every worker calls this). Returns ``path``.
     """
-    from kerasprune.distribute import is_chief
     from kerasprune.training import export_saved_model
 
     plain = plain_copy(model) if has_wrappers(model) else model
@@ -117,11 +118,7 @@ def gzip_bytes(path):
 
 def to_tflite(saved_model_dir, path):
     """Converts a SavedModel to a TFLite flatbuffer at ``path`` (float32, no quantisation)."""
-    model = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(model)
-    os.replace(tmp, path)
+    runs.write_atomic(path, tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert())
     return path
 
 
@@ -142,7 +139,7 @@ def serving_logits(saved_model_dir):
 # ---------------------------------------------------------------------------------------------
 # Run folders.
 
-ONESHOT_FINAL = "final.weights.h5"  # kerasprune.oneshot's stripped final model (one-shot baselines)
+ONESHOT_FINAL = runs.FINAL_WEIGHTS  # kerasprune.oneshot's stripped final model (one-shot baselines)
 
 
 @dataclasses.dataclass
@@ -185,7 +182,7 @@ def run_sources(run_dir, points="all", weights=()):
         sources += [Source(f"point_{r['point']:03d}", os.path.join(run_dir, r["weights"]), r["point"])
                     for r in rows]
     elif not weights:
-        for tag, name in (("final", ONESHOT_FINAL), ("best", paths.BEST_WEIGHTS)):
+        for tag, name in (("final", ONESHOT_FINAL), ("best", runs.BEST_WEIGHTS)):
             if os.path.isfile(os.path.join(run_dir, name)):
                 sources.append(Source(tag, os.path.join(run_dir, name)))
                 break
@@ -196,7 +193,7 @@ def run_sources(run_dir, points="all", weights=()):
         sources.append(Source(tag, w))
     if not sources:
         raise KerasPruneError(f"{run_dir} has no finished point in {LOBSTER_POINTS}, no {ONESHOT_FINAL} or "
-                              f"{paths.BEST_WEIGHTS}, and no --weights were given: nothing to export")
+                              f"{runs.BEST_WEIGHTS}, and no --weights were given: nothing to export")
     tags = [s.tag for s in sources]
     twice = sorted({t for t in tags if tags.count(t) > 1})
     if twice:  # the second would find the first's report and be skipped
@@ -214,16 +211,10 @@ def load_source(run_dir, source):
 
 
 def build_from_run(run_dir):
-    """The (uncompiled) model named in the run's ``config.json``, built for its dataset."""
-    from kerasprune import data, models
-    from kerasprune.training import read_json
-
-    config_path = paths.run_file(run_dir, paths.CONFIG)
-    if not os.path.isfile(config_path):
-        raise KerasPruneError(f"{run_dir} is not a run folder: it has no {paths.CONFIG}")
-    config = read_json(config_path)
-    dspec = data.spec(config["dataset"], config.get("data_dir"))
-    return models.build(config["model"], input_shape=dspec.input_shape, num_classes=dspec.num_classes), config
+    """``(model, config)``: the (uncompiled) model named in the run's ``config.json``, built for its
+    dataset (:func:`kerasprune.models.build_for`), and that config as written."""
+    config = runs.read_config(run_dir)
+    return models.build_for(runs.read_config(run_dir, RunSettings)), config
 
 
 def load_weights(model, weights):
@@ -253,25 +244,24 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
                evaluate=True, force=False, max_test_examples=None, verbose=True):
     """Exports every source model of ``run_dir``; returns ``{tag: report dict}``.
 
-    For each source tag T, under ``paths.export_path(run_dir, export_dir, T)``'s parent it writes
+    For each source tag T, under ``runs.export_path(run_dir, export_dir, T)``'s parent it writes
     ``T/`` (the pruned model, zeros kept), ``T_compact/`` (compacted), optionally ``T.tflite`` and
     ``T_compact.tflite``, and last ``T.export.json``: sizes, the compaction plan, and (``evaluate``)
     test accuracy and the largest logit difference of the two SavedModels as loaded back. A tag whose
     report exists is skipped unless ``force``, so rerunning a killed export finishes it.
     """
     from kerasprune import compaction
-    from kerasprune.distribute import is_chief
-    from kerasprune.training import read_json, write_json
 
     results = {}
     for source in run_sources(run_dir, points, weights):
-        sparse_dir = paths.export_path(run_dir, export_dir, source.tag)
-        report_path = sparse_dir + REPORT_SUFFIX
-        if os.path.isfile(report_path) and not force:
-            results[source.tag] = read_json(report_path)
-            _say(verbose, f"{source.tag}: already exported ({report_path})")
+        sparse_dir = runs.export_path(run_dir, export_dir, source.tag)
+        where = {"tag": source.tag, "export_dir": export_dir}
+        done = None if force else runs.finished(run_dir, "export", **where)
+        if done is not None:
+            results[source.tag] = done
+            _say(verbose, f"{source.tag}: already exported ({runs.finished_marker(run_dir, 'export', **where)})")
             continue
-        config = read_json(paths.run_file(run_dir, paths.CONFIG))
+        config = runs.read_config(run_dir)
         plain = plain_copy(load_source(run_dir, source))
         report = {"tag": source.tag, "weights": source.weights, "run_dir": os.path.abspath(run_dir),
                   "model": config["model"], "dataset": config["dataset"], "saved_model": sparse_dir}
@@ -279,7 +269,7 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
         sparse_tflite = to_tflite(sparse_dir, sparse_dir + ".tflite") if tflite else None
         report["sparse"] = dataclasses.asdict(size_report(plain, sparse_dir, sparse_tflite))
         if compact:
-            compact_dir = paths.export_path(run_dir, export_dir, source.tag + COMPACT_SUFFIX)
+            compact_dir = runs.export_path(run_dir, export_dir, source.tag + COMPACT_SUFFIX)
             small, plans = compaction.compact(plain, return_plans=True)
             save(small, compact_dir)
             compact_tflite = to_tflite(compact_dir, compact_dir + ".tflite") if tflite else None
@@ -292,7 +282,7 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
         if evaluate:
             report["evaluation"] = _evaluate_exports(report, config, max_test_examples)
         if is_chief():
-            write_json(report_path, report)
+            runs.mark_finished(run_dir, "export", report, **where)
         results[source.tag] = report
         _say(verbose, summary_line(report))
     return results

@@ -5,6 +5,7 @@ feeds it (the post-synaptic potential of the paper's eq. 2) is a tensor of the f
 a sub-model can expose. Models are built uncompiled and with standard layers only, so exported
 SavedModels load without kerasprune installed.
 """
+from kerasprune import data
 from kerasprune._keras import keras
 from kerasprune.registry import Registry
 
@@ -30,6 +31,20 @@ def build(name, input_shape=None, num_classes=10, seed=None, **options):
     if seed is not None:
         keras.utils.set_random_seed(seed)
     return factory(tuple(input_shape), num_classes, **options)
+
+
+def build_for(config, seed=None, dspec=None):
+    """The uncompiled model a run's settings describe: ``config.model`` (a :class:`~kerasprune.config.RunSettings`
+    or any config with ``model``, ``dataset`` and ``data_dir``) shaped for ``config.dataset``'s inputs and
+    classes (``dspec``: that dataset's spec, when the caller has it already).
+
+    The one place a config becomes a model: training, LOBSTER and the one-shot retrainings build
+    through it, and so does every reader of a run folder, as
+    ``build_for(runs.read_config(run_dir, RunSettings))``. It lives here, not in the TensorFlow-free
+    :mod:`kerasprune.runs`, because building a model imports Keras anyway.
+    """
+    dspec = dspec or data.spec(config.dataset, config.data_dir)
+    return build(config.model, input_shape=dspec.input_shape, num_classes=dspec.num_classes, seed=seed)
 
 
 @MODELS.register("lenet300")

@@ -4,7 +4,8 @@ Masks are ``{key: bool array}`` over :func:`kerasprune._tfmot.masked_parameters`
 maths (``mask_of``, ``random_structure_mask``, ``global_magnitude_mask``, ...) is in
 :mod:`kerasprune.masks`, importable from here too.
 Every method trains in a run folder (``training.fit_and_record``: TensorBoard, history, best
-checkpoint, BackupAndRestore) and finishes by writing ``result.json`` there; calling it again on a
+checkpoint, BackupAndRestore), started as every run is (:func:`kerasprune.runs.start`: ``config.json``
+first, other settings refused) and finished by writing ``result.json`` there; calling it again on a
 finished folder returns that result without training, and a killed run resumes.
 
 Methods (the names are the ``method`` column of a sweep's results table):
@@ -29,14 +30,15 @@ import time
 
 import numpy as np
 
-from kerasprune import _tfmot, paths, sparsity, training
+from kerasprune import _tfmot, data, models, optimizers, runs, sparsity, training
 from kerasprune._keras import keras
+from kerasprune.distribute import get_strategy, is_chief
 from kerasprune.errors import KerasPruneError
 from kerasprune.masks import (count_kept, global_magnitude_mask, kernel_target,  # noqa: F401  (old home)
                               mask_of, prunable_counts, random_structure_mask)
 
-RESULT = "result.json"  # written last: its presence means the run finished
-FINAL_WEIGHTS = "final.weights.h5"  # the stripped model's weights (pruned entries exactly zero)
+RESULT = runs.RESULT  # written last: its presence means the run finished
+FINAL_WEIGHTS = runs.FINAL_WEIGHTS  # the stripped model's weights (pruned entries exactly zero)
 METHODS = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp",
            "polynomial_decay")
 
@@ -45,15 +47,11 @@ METHODS = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_one
 # Running one retraining.
 
 def build_model(config, strategy=None):
-    """The config's model, initialised from ``config.seed``, built in the strategy's scope."""
-    from kerasprune import data, models
-    from kerasprune.distribute import get_strategy
-
+    """The config's model (:func:`kerasprune.models.build_for`), initialised from ``config.seed``,
+    built in the strategy's scope."""
     strategy = strategy or get_strategy(config.strategy)
-    dspec = data.spec(config.dataset, config.data_dir)
     with strategy.scope():
-        return models.build(config.model, input_shape=dspec.input_shape,
-                            num_classes=dspec.num_classes, seed=config.seed)
+        return models.build_for(config, seed=config.seed)
 
 
 def build(config, strategy=None):
@@ -65,8 +63,6 @@ def build(config, strategy=None):
 def load_data(config):
     """The config's ``DatasetSplits``, as ``data.load`` makes them, from arrays read once per
     process (a sweep retrains hundreds of times on the same data)."""
-    from kerasprune import data
-
     arrays = _arrays(config.dataset, config.data_dir, config.val_fraction, config.split_seed)
     dspec = data.spec(config.dataset, config.data_dir)
     return data.splits_from_arrays(arrays, dspec, config.batch_size, shuffle_seed=config.seed,
@@ -76,14 +72,12 @@ def load_data(config):
 
 @functools.lru_cache(maxsize=4)
 def _arrays(dataset, data_dir, val_fraction, split_seed):
-    from kerasprune import data
-
     return data.load_arrays(dataset, data_dir=data_dir, val_fraction=val_fraction, split_seed=split_seed)
 
 
 def read_result(run_dir):
-    path = paths.run_file(run_dir, RESULT)
-    return training.read_json(path) if os.path.isfile(path) else None
+    """What a finished retraining (or dense run) in ``run_dir`` recorded, or None."""
+    return runs.finished(run_dir, "retrain")
 
 
 def prepare(config, mask=None, weights=None, schedule=None, kinds=_tfmot.ALL_KINDS):
@@ -114,22 +108,19 @@ def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmo
       select: ``"best"`` (checkpoint with the lowest validation loss) or ``"final"`` weights.
       extra: more fields for result.json.
     """
-    from kerasprune.distribute import is_chief
-
-    done = read_result(run_dir)
+    done = runs.start(run_dir, config, "retrain")
     if done is not None:
         return done
     start = time.time()
-    os.makedirs(run_dir, exist_ok=True)
     wrapped, splits = prepare(config, mask, weights, schedule, kinds)
     history, _ = training.fit_and_record(wrapped, splits, run_dir, config.epochs,
                                          callbacks=_tfmot.callbacks() + [sparsity.SparsityLogger()],
                                          verbose=verbose)
-    best = paths.run_file(run_dir, paths.BEST_WEIGHTS)
+    best = runs.run_file(run_dir, runs.BEST_WEIGHTS)
     if select == "best" and os.path.isfile(best):
         wrapped.load_weights(best)
     final = _tfmot.strip_shared(wrapped)
-    training.compile_model(final, training.make_optimizer(config.optimizer, config.lr))
+    training.compile_model(final, optimizers.make_optimizer(config.optimizer, config.lr))
     test = training.evaluate(final, splits.test)
     val = training.evaluate(final, splits.validation)
     rep = sparsity.report(final)
@@ -146,16 +137,9 @@ def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmo
             raise RuntimeError(f"masked parameters became nonzero during retraining: {broken}")
     result.update(extra or {})
     if is_chief():
-        final.save_weights(paths.run_file(run_dir, FINAL_WEIGHTS))
-        training.write_json(paths.run_file(run_dir, paths.CONFIG), _config_dict(config))
-        training.write_json(paths.run_file(run_dir, RESULT), result)
+        final.save_weights(runs.run_file(run_dir, FINAL_WEIGHTS))
+        runs.mark_finished(run_dir, "retrain", result)
     return result
-
-
-def _config_dict(config):
-    import dataclasses
-
-    return dataclasses.asdict(config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,28 +168,24 @@ def dense(config, run_dir, verbose="auto"):
     Returns ``(initial weights path, trained weights path)``; trained = best by validation loss.
     Lighter than ``training.train`` (no SavedModel export: a sweep trains one per seed).
     """
-    from kerasprune.distribute import is_chief
-
-    initial = paths.run_file(run_dir, paths.INITIAL_WEIGHTS)
-    trained = paths.run_file(run_dir, FINAL_WEIGHTS)
-    if read_result(run_dir) is not None:
+    initial = runs.run_file(run_dir, runs.INITIAL_WEIGHTS)
+    trained = runs.run_file(run_dir, FINAL_WEIGHTS)
+    if runs.start(run_dir, config, "retrain") is not None:
         return initial, trained
     start = time.time()
-    os.makedirs(run_dir, exist_ok=True)
     model, splits = build(config)
     if is_chief() and not os.path.isfile(initial):  # on resume, keep the true initial weights
         model.save_weights(initial)
     with model.distribute_strategy.scope():
         training.compile_model(model, config.make_optimizer())
     history, _ = training.fit_and_record(model, splits, run_dir, config.epochs, verbose=verbose)
-    best = paths.run_file(run_dir, paths.BEST_WEIGHTS)
+    best = runs.run_file(run_dir, runs.BEST_WEIGHTS)
     if os.path.isfile(best):
         model.load_weights(best)
     test = training.evaluate(model, splits.test)
     if is_chief():
         model.save_weights(trained)
-        training.write_json(paths.run_file(run_dir, paths.CONFIG), _config_dict(config))
-        training.write_json(paths.run_file(run_dir, RESULT), dict(
+        runs.mark_finished(run_dir, "retrain", dict(
             test_error=1.0 - test["accuracy"], test_loss=test["loss"], epochs=len(history),
             seconds=time.time() - start, method="dense", seed=config.seed))
     return initial, trained
@@ -223,16 +203,17 @@ def magnitude_oneshot(config, run_dir, dense_weights, pruned_params_pct, scope="
     ``scope="layer"`` lets TF-MOT compute the masks (``ConstantSparsity`` at the first step only:
     the same fraction of every kernel); ``"global"`` uses one threshold over all kernels.
     """
-    if read_result(run_dir) is not None:
-        return read_result(run_dir)
+    if scope not in ("layer", "global"):
+        raise KerasPruneError(f"unknown magnitude scope {scope!r}; valid: layer, global")
+    done = runs.start(run_dir, config, "retrain")
+    if done is not None:
+        return done
     model, kernels = _trained_kernels(config, dense_weights)
     n, total = kernel_target(model, pruned_params_pct)
     extra = {"method": "magnitude_oneshot", "variant": scope}
     if scope == "layer":
         return retrain(config, run_dir, weights=dense_weights, schedule=_tfmot.constant_once(n / total),
                        kinds=_tfmot.KERNEL_ONLY, extra=extra, **kw)
-    if scope != "global":
-        raise KerasPruneError(f"unknown magnitude scope {scope!r}; valid: layer, global")
     mask = global_magnitude_mask(kernels, n)
     return retrain(config, run_dir, mask=mask, weights=dense_weights, kinds=_tfmot.KERNEL_ONLY,
                    extra=extra, **kw)
@@ -243,8 +224,9 @@ def polynomial_decay(config, run_dir, dense_weights, pruned_params_pct, end_frac
     from 0 to the target over the first ``end_fraction`` of the fine-tuning steps, mask updates
     every ~1/10 epoch, then training continues with the final mask. Final weights are used (earlier
     checkpoints are less sparse)."""
-    if read_result(run_dir) is not None:
-        return read_result(run_dir)
+    done = runs.start(run_dir, config, "retrain")
+    if done is not None:
+        return done
     model, _ = _trained_kernels(config, dense_weights)
     n, total = kernel_target(model, pruned_params_pct)
     steps_per_epoch = _steps_per_epoch(config)
@@ -289,17 +271,15 @@ def _check_chain(root, levels, rate):
     Round folders are numbered (``level_KK``); another set of targets (e.g. a sweep rerun with other
     points) gives another chain, whose round KK is a different experiment: reusing the folder would
     file its result under the wrong target. A chain that only grows (more, sparser targets) goes on."""
-    from kerasprune.distribute import is_chief
-
     path = os.path.join(root, "chain.json")
     wanted = json.loads(json.dumps({"rate": rate, "levels": [[n, t] for n, t in levels]}))
     if os.path.isfile(path):
-        recorded = training.read_json(path)
+        recorded = runs.read_json(path)
         # A chain may grow (LOBSTER finished sparser points since): its rounds so far stay valid.
         grows = (recorded["rate"] == wanted["rate"]
                  and recorded["levels"] == wanted["levels"][:len(recorded["levels"])])
         if grows and is_chief() and recorded != wanted:
-            training.write_json(path, wanted)
+            runs.write_json(path, wanted)
         if not grows:
             raise KerasPruneError(
                 f"the IMP chain in {root} was made for other targets or rate "
@@ -307,7 +287,7 @@ def _check_chain(root, levels, rate):
                 f"{[t for _, t in levels if t is not None]} at rate {rate}); use another output folder")
     elif is_chief():
         os.makedirs(root, exist_ok=True)
-        training.write_json(path, wanted)
+        runs.write_json(path, wanted)
 
 
 def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):

@@ -9,6 +9,8 @@ import collections
 
 import numpy as np
 
+from kerasprune.runs import atomic_path
+
 LABELS = {
     "lobster": "LOBSTER",
     "lottery_rewind": "Frankle & Carbin (rewind)",
@@ -101,12 +103,9 @@ def figure1(rows, path, title=None):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    import os
-
-    os.replace(tmp, path)
     return path
 
 

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from kerasprune.runs import write_atomic
+
 COLUMNS = ("method", "variant", "point", "seed", "pruned_params_pct", "pruned_neurons_pct",
            "test_error", "val_error", "test_loss", "target_pruned_params_pct", "epochs", "seconds",
            "run_dir", "pruned_neurons_ref_pct")
@@ -114,12 +116,7 @@ class ResultsTable:
         writer.writeheader()
         for row in self.rows():
             writer.writerow({c: row.get(c, "") for c in self.columns})
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, buffer.getvalue(), sync=True)
 
     def _repair_torn_line(self):
         """Drops a partial last line (a writer killed mid-write) so the next row starts clean."""

@@ -1,28 +1,254 @@
-"""Run folders: one process at a time in each, and never a half-made folder that blocks its own fix.
+"""Run folders: the one module that knows their file names, how a run starts, when a stage counts as
+finished, and how their files are written whole. No TensorFlow import (``kerasprune --help`` stays fast).
 
-- :func:`exclusive` holds ``OUT/.lock`` (``fcntl.flock``) while a ``train`` or ``lobster`` run works
-  in ``OUT``: a second process on the same folder is refused with one line naming the holder. The
-  kernel drops the lock when its process dies, however it dies, so a killed run never leaves a
-  stale lock behind.
-- :func:`clear_unstarted` empties a folder whose run never finished an epoch, so a command fixed
+- Names: every file and folder name inside a run folder or a sweep's folder (below), and where
+  SavedModel exports go (:func:`export_path`).
+- Writing: :func:`atomic_path` (temporary name + ``os.replace``), :func:`write_atomic`,
+  :func:`write_json`; reading: :func:`read_json` (a damaged file is a one-line error).
+- Starting: :func:`start` checks ``config.json`` against the command's settings (refusing others) or
+  writes it, before any other file of the run; :func:`read_config` reads it back, as written or typed.
+- Finishing: :func:`finished` / :func:`mark_finished`: which file marks which stage finished.
+- One process per folder: :func:`exclusive` holds ``OUT/.lock`` (``fcntl.flock``; the kernel drops
+  it when its process dies, however it dies, so a killed run never leaves a stale lock).
+  :func:`clear_unstarted` empties a folder whose run never finished an epoch, so a command fixed
   after a failed first attempt (another seed, lr, ...) starts afresh there instead of being refused.
-
-No TensorFlow import.
 """
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
+import json
 import os
 import shutil
 import socket
 
-from kerasprune import paths
+from kerasprune.distribute import is_chief
 from kerasprune.errors import KerasPruneError
 
-LOCK = ".lock"
-# What a run leaves before its first finished epoch; removed when it restarts with other settings.
-_UNSTARTED = (paths.CONFIG, paths.INITIAL_WEIGHTS, paths.BACKUP, paths.TENSORBOARD, paths.HISTORY,
-              "checkpoints", paths.POINTS_DIR, paths.POINTS_CSV, "progression.png", "lr_plateau_state.json")
+# ---------------------------------------------------------------------------------------------
+# Names.
 
+CONFIG = "config.json"  # the resolved configuration, written before any other file of the run
+METRICS = "metrics.json"  # final numbers of a train, LOBSTER or transfer run (written last)
+RESULT = "result.json"  # final numbers of a one-shot retraining or its dense run (written last)
+DIVERGED = "diverged.json"  # where a run's loss became NaN/inf (such a folder is not reused)
+HISTORY = "history.csv"  # one row per epoch (Keras CSVLogger, appended across resumes)
+TENSORBOARD = "tensorboard"
+BACKUP = "backup"  # BackupAndRestore state: a killed run resumes from here
+CHECKPOINTS = "checkpoints"
+BEST_WEIGHTS = os.path.join(CHECKPOINTS, "best.weights.h5")  # best by validation loss
+INITIAL_WEIGHTS = "initial.weights.h5"  # weights at initialisation, for lottery-ticket rewinding
+FINAL_WEIGHTS = "final.weights.h5"  # a retraining's or transfer's selected weights, plain layers
+LR_PLATEAU_STATE = "lr_plateau_state.json"  # ResumableReduceLROnPlateau's counters
+
+# A LOBSTER run folder (read and written by kerasprune.pure.points).
+POINTS_CSV = "operating_points.csv"  # one row per sparsity level reached
+POINTS_DIR = "points"  # point_XXX.weights.h5, one per operating point
+PROGRESSION_PLOT = "progression.png"
+
+# A sweep's output folder OUT (kerasprune.sweep, docs/sweep.md).
+SWEEP_CONFIG = "sweep_config.json"  # the resolved sweep config
+RESULTS = "results.csv"  # one row per finished run (kerasprune.results)
+EXPORTS = "exports.json"  # the SavedModels of the G and 1-S solutions
+FIGURE1 = "figure1.png"
+SWEEP_LOBSTER = "lobster"  # LOBSTER's run folder, unless the config names one
+SWEEP_DENSE = "dense"  # dense/seed_S/: the dense models the magnitude baselines start from
+SWEEP_RUNS = "runs"  # runs/<method>[_<variant>]/point_XXX/seed_S/: one folder per retraining
+
+EXPORT_REPORT_SUFFIX = ".export.json"  # <export path of tag T>.export.json: T's export finished
+SAVED_MODELS_ENV = "KERASPRUNE_SAVED_MODELS"
+LOCK = ".lock"
+
+# What a run leaves before its first finished epoch; removed when it restarts with other settings.
+_UNSTARTED = (CONFIG, INITIAL_WEIGHTS, BACKUP, TENSORBOARD, HISTORY, CHECKPOINTS, POINTS_DIR, POINTS_CSV,
+              PROGRESSION_PLOT, LR_PLATEAU_STATE)
+
+
+def run_file(run_dir, name):
+    return os.path.join(run_dir, name)
+
+
+def saved_models_root(export_dir=None):
+    """Root of SavedModel exports: ``export_dir``, ``$KERASPRUNE_SAVED_MODELS`` or ``./saved_models``."""
+    return export_dir or os.environ.get(SAVED_MODELS_ENV) or "saved_models"
+
+
+def export_path(run_dir, export_dir=None, tag="final"):
+    """``<root>/<run folder name>_<hash of its absolute path>/<tag>``: readable and collision-free."""
+    run_dir = os.path.abspath(run_dir)
+    digest = hashlib.sha1(run_dir.encode()).hexdigest()[:8]
+    return os.path.join(saved_models_root(export_dir), f"{os.path.basename(run_dir)}_{digest}", tag)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing files whole.
+
+@contextlib.contextmanager
+def atomic_path(path, suffix=""):
+    """A temporary name beside ``path`` for the block to write to (a file, or a folder such as a
+    SavedModel), renamed over ``path`` when the block ends: readers and a killed writer see the old
+    ``path`` or the new one, never half of one. If the block or the rename fails, the temporary is
+    removed and ``path`` is left as it was.
+
+    ``suffix`` ends the temporary name, for writers that choose the format by it (``savefig``:
+    ``.png``) or append one otherwise (``np.savez``: ``.npz``). The name holds ``.tmp`` (what
+    ``experiments/carry.py`` skips) and the process id (two writers of one path never share it).
+    """
+    tmp = f"{os.fspath(path).rstrip(os.sep)}.{os.getpid()}.tmp{suffix}"
+    try:
+        yield tmp
+        if os.path.isdir(tmp) and os.path.isdir(path):  # os.replace cannot replace a non-empty folder
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_atomic(path, data, sync=False):
+    """Writes ``data`` (str or bytes) to ``path`` whole (:func:`atomic_path`). ``sync``: on disk
+    (``fsync``) before the rename, so even a power cut leaves the old file or the new one."""
+    text = isinstance(data, str)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def write_json(path, data):
+    """Writes ``data`` as indented, key-sorted JSON, whole (numpy values become lists and numbers)."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=json_default))
+
+
+def json_default(value):
+    """``json``'s ``default`` for numpy arrays and scalars and eager tensors."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars (a scalar's tolist() is its item)
+        return value.tolist()
+    if hasattr(value, "numpy"):  # eager tensors
+        return value.numpy().tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path):
+    """The JSON in ``path``; a damaged file is a one-line error naming it (not a JSONDecodeError)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise KerasPruneError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); it was "
+                              "damaged (a full disk, or a copy cut short): restore it, or delete the "
+                              "run folder to start over") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting a run, and reading its settings back.
+
+def start(out, config, stage, resumable=("epochs",), legacy=None):
+    """Opens run folder ``out`` for ``config`` (a settings dataclass) before the run writes anything.
+
+    A ``config.json`` already there must hold the same settings but ``resumable``
+    (:func:`check_same_config`). A setting it lacks was added since the folder was written, when
+    every run behaved as its default does (``RunSettings.default_settings``, e.g. ``weight_decay``
+    0) or as ``legacy`` says (LOBSTER's first threshold rule): this is the one place that defaulting
+    is done, for every run kind. Returns what ``stage`` recorded if it has finished in ``out``
+    (:func:`finished`; the caller decides whether that run is the one asked for). Otherwise it
+    writes ``config.json`` (the chief of a multi-worker run only) and returns None: the run goes on.
+    """
+    path = run_file(out, CONFIG)
+    wanted = dataclasses.asdict(config)
+    if os.path.isfile(path):
+        saved = {**config.default_settings(), **(legacy or {}), **read_json(path)}
+        check_same_config(saved, wanted, out, resumable)
+    done = finished(out, stage)
+    if done is not None:
+        return done
+    make_folder(out)
+    if is_chief():
+        write_json(path, wanted)
+    return None
+
+
+def already_finished(out, done, epochs, what="run"):
+    """``done`` (what :func:`start` returned for a finished run) if that run trained ``epochs``
+    epochs, else a one-line refusal: a finished run is not extended."""
+    if done.get("epochs_completed", -1) == epochs:
+        print(f"{out}: already finished ({epochs} epochs); remove it to rerun")
+        return done
+    raise KerasPruneError(f"{out} holds a finished {what} of {done.get('epochs_completed')} epochs, not {epochs}; "
+                          "choose another --out")
+
+
+def check_same_config(saved, wanted, out, resumable=("epochs",)):
+    """Raises unless the run folder's ``config.json`` (``saved``) matches the config of the command
+    resuming it (``wanted``) in every field but ``resumable``: resuming with other settings would
+    continue the old weights under a config.json that no longer describes them. ``wanted`` is
+    compared as JSON holds it (tuples become lists). A folder that never finished an epoch holds
+    nothing to keep: it is cleared (:func:`clear_unstarted`) and the run starts afresh."""
+    wanted = json.loads(json.dumps(wanted, default=json_default))
+    diff = [k for k in wanted if k not in resumable and saved.get(k) != wanted[k]]
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
+        if not has_finished_epoch(out):  # a failed first attempt: nothing to keep
+            if is_chief():  # other workers of a multi-worker run must not delete the chief's files
+                print(f"{out}: no finished epoch under the old configuration ({details}); starting afresh")
+                clear_unstarted(out)
+            return
+        raise KerasPruneError(f"{out} holds a run with another configuration ({details}); "
+                              "rerun the same command to resume, or choose another --out")
+
+
+def read_config(run_dir, kind=None, legacy=None):
+    """``run_dir``'s ``config.json``: the dict as written, or with ``kind`` (a settings dataclass such
+    as :class:`~kerasprune.config.RunSettings`) an instance of it, checked as any new config is. Fields ``kind`` lacks
+    are left out (a LOBSTER folder read as ``RunSettings``); fields the file lacks take ``legacy``'s
+    value, else the dataclass default (the folder predates them)."""
+    path = run_file(run_dir, CONFIG)
+    if not os.path.isfile(path):
+        raise KerasPruneError(f"{run_dir} is not a run folder: it has no {CONFIG}")
+    saved = read_json(path)
+    if kind is None:
+        return saved
+    names = {f.name for f in dataclasses.fields(kind) if f.init}
+    return kind(**{k: v for k, v in {**(legacy or {}), **saved}.items() if k in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Finishing: the file whose presence means a stage finished. Written last and atomically, it holds
+# the stage's result; committed results and older folders use these same files.
+
+_FINISHED_BY = {"train": METRICS, "lobster": METRICS, "transfer": METRICS, "retrain": RESULT}
+STAGES = tuple(_FINISHED_BY) + ("export",)
+
+
+def finished_marker(run_dir, stage, tag=None, export_dir=None):
+    """The path of the file that marks ``stage`` finished: ``run_dir/metrics.json`` (``train``,
+    ``lobster``, ``transfer``), ``run_dir/result.json`` (``retrain``: a one-shot retraining or the
+    dense run it starts from), or for ``export`` the report beside the SavedModel of ``tag``."""
+    if stage == "export":
+        return export_path(run_dir, export_dir, tag) + EXPORT_REPORT_SUFFIX
+    if stage not in _FINISHED_BY:
+        raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    return run_file(run_dir, _FINISHED_BY[stage])
+
+
+def finished(run_dir, stage, **where):
+    """What ``stage`` recorded when it finished in ``run_dir`` (its marker's JSON), or None."""
+    path = finished_marker(run_dir, stage, **where)
+    return read_json(path) if os.path.isfile(path) else None
+
+
+def mark_finished(run_dir, stage, record, **where):
+    """Writes ``record`` as ``stage``'s marker: call it last, once everything else is written."""
+    write_json(finished_marker(run_dir, stage, **where), record)
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per folder, and folders that never started.
 
 def make_folder(out):
     """Creates ``out`` (and parents), or says in one line why it cannot be a run folder."""
@@ -63,9 +289,9 @@ def exclusive(out, enabled=True):
 
 def has_finished_epoch(out):
     """True if the run in ``out`` has recorded at least one epoch (or finished)."""
-    if os.path.isfile(os.path.join(out, paths.METRICS)):
+    if any(os.path.isfile(run_file(out, name)) for name in set(_FINISHED_BY.values())):
         return True
-    history = os.path.join(out, paths.HISTORY)
+    history = run_file(out, HISTORY)
     if not os.path.isfile(history):
         return False
     with open(history) as f:

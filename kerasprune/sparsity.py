@@ -18,20 +18,14 @@ of *every* Dense/Conv layer, the logits layer included, is pruned when all its i
 zero (bias ignored). :class:`SparsityReport` carries both, ours as ``pruned_neurons_pct`` and theirs
 as ``pruned_neurons_ref_pct``; the paper's neuron percentages are theirs.
 """
-import dataclasses
-from typing import Dict
-
-import numpy as np
-
 from kerasprune._keras import keras
+from kerasprune.pure import sparsity as pure
+from kerasprune.pure.sparsity import DEFAULT_KINDS, SparsityReport  # noqa: F401  (their old home)
 
-DENSE_CONV = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
-NORMS = (keras.layers.BatchNormalization,)
+DENSE_CONV = pure.layer_classes(keras.layers, pure.DENSE_CONV_LAYERS)
+NORMS = pure.layer_classes(keras.layers, pure.NORM_LAYERS)
 # Layers that keep a channel a channel (so outgoing weights of a unit can be traced through them).
-PASSTHROUGH = (keras.layers.ReLU, keras.layers.Activation, keras.layers.MaxPooling1D,
-               keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
-               keras.layers.Flatten)
-DEFAULT_KINDS = ("kernel", "bias", "norm")
+PASSTHROUGH = pure.layer_classes(keras.layers, pure.PASSTHROUGH_LAYERS)
 
 
 def unwrap(layer):
@@ -58,130 +52,48 @@ def prunable_variables(model, kinds=DEFAULT_KINDS):
       kinds: subset of ``("kernel", "bias", "norm")``: Dense/Conv kernels, their biases, and the
         gamma/beta of BatchNormalization layers.
     """
-    unknown = set(kinds) - set(DEFAULT_KINDS)
-    if unknown:
-        raise ValueError(f"unknown parameter kinds {sorted(unknown)}; valid: {DEFAULT_KINDS}")
-    out = []
-    for layer in all_layers(model):
-        inner = unwrap(layer)
-        if isinstance(inner, DENSE_CONV):
-            if "kernel" in kinds:
-                out.append((layer.name, inner.kernel))
-            if "bias" in kinds and inner.use_bias:
-                out.append((layer.name, inner.bias))
-        elif isinstance(inner, NORMS) and "norm" in kinds:
-            out += [(layer.name, v) for v in (inner.gamma, inner.beta) if v is not None]
-    return out
+    return pure.parameters_of([(l.name, unwrap(l)) for l in all_layers(model)], kinds, DENSE_CONV, NORMS)
 
 
 def weight_variables(model):
     """The tensors PyTorch calls "weight" (Dense/Conv kernels, BatchNorm gammas), whatever is pruned:
     the authors' LOBSTER takes its threshold search's start statistics over these."""
-    out = []
-    for layer in all_layers(model):
-        inner = unwrap(layer)
-        if isinstance(inner, DENSE_CONV):
-            out.append(inner.kernel)
-        elif isinstance(inner, NORMS) and inner.gamma is not None:
-            out.append(inner.gamma)
-    return out
-
-
-@dataclasses.dataclass
-class SparsityReport:
-    """Counts over the prunable parameters and hidden neurons of one model."""
-
-    params: int
-    pruned_params: int
-    neurons: int
-    pruned_neurons: int
-    per_layer: Dict[str, float]  # % pruned parameters of each layer
-    per_layer_neurons: Dict[str, float]  # % pruned neurons of each hidden Dense/Conv layer
-    neurons_ref: int = 0  # units of every Dense/Conv layer, logits included (the authors' count)
-    pruned_neurons_ref: int = 0  # of those, units whose incoming weights are all zero
-
-    @property
-    def pruned_params_pct(self):
-        return 100.0 * self.pruned_params / max(self.params, 1)
-
-    @property
-    def pruned_neurons_ref_pct(self):
-        return 100.0 * self.pruned_neurons_ref / max(self.neurons_ref, 1)
-
-    @property
-    def pruned_neurons_pct(self):
-        return 100.0 * self.pruned_neurons / max(self.neurons, 1)
-
-    def as_dict(self):
-        d = dataclasses.asdict(self)
-        d.update(pruned_params_pct=self.pruned_params_pct, pruned_neurons_pct=self.pruned_neurons_pct,
-                 pruned_neurons_ref_pct=self.pruned_neurons_ref_pct)
-        return d
+    return pure.weights_of([unwrap(l) for l in all_layers(model)], DENSE_CONV, NORMS)
 
 
 def report(model, kinds=DEFAULT_KINDS):
-    """The :class:`SparsityReport` of ``model``'s current weights."""
-    totals, zeros = {}, {}
-    for name, var in prunable_variables(model, kinds):
-        value = var.numpy()
-        totals[name] = totals.get(name, 0) + value.size
-        zeros[name] = zeros.get(name, 0) + int(np.count_nonzero(value == 0))
-    dead = pruned_neurons(model)
-    dead_ref = incoming_dead_units(model)
-    return SparsityReport(
-        params=sum(totals.values()), pruned_params=sum(zeros.values()),
-        neurons=sum(d.size for d in dead.values()), pruned_neurons=int(sum(d.sum() for d in dead.values())),
-        per_layer={n: 100.0 * zeros[n] / totals[n] for n in totals},
-        per_layer_neurons={n: 100.0 * d.mean() for n, d in dead.items()},
-        neurons_ref=sum(d.size for d in dead_ref.values()),
-        pruned_neurons_ref=int(sum(d.sum() for d in dead_ref.values())))
+    """The :class:`SparsityReport` of ``model``'s current weights (each variable read once)."""
+    read = pure.read_once(lambda variable: variable.numpy())
+    kernels = _kernels(model, read)
+    parameters = [(name, read(var)) for name, var in prunable_variables(model, kinds)]
+    return pure.sparsity_report(parameters, kernels, pruned_neurons(model, kernels))
+
+
+def _kernels(model, read=lambda variable: variable.numpy()):
+    """``{layer_name: kernel array}`` of every Dense/Conv layer, logits included."""
+    return {l.name: read(unwrap(l).kernel) for l in all_layers(model) if isinstance(unwrap(l), DENSE_CONV)}
 
 
 def incoming_dead_units(model):
     """``{layer_name: bool array over output units}`` for every Dense/Conv layer, logits included:
     True where all incoming weights are zero (the authors' ``architecture_stat`` rule)."""
-    out = {}
-    for layer in all_layers(model):
-        inner = unwrap(layer)
-        if isinstance(inner, DENSE_CONV):
-            kernel = inner.kernel.numpy()
-            out[layer.name] = ~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
-    return out
+    return {name: pure.incoming_dead(kernel) for name, kernel in _kernels(model).items()}
 
 
-def pruned_neurons(model):
-    """``{layer_name: bool array over output units}`` for every hidden Dense/Conv layer."""
+def pruned_neurons(model, kernels=None):
+    """``{layer_name: bool array over output units}`` for every hidden Dense/Conv layer (``kernels``:
+    the :func:`_kernels` already read, if any)."""
     layers = [l for l in all_layers(model) if isinstance(unwrap(l), DENSE_CONV)]
     nodes = graph_nodes(model)
-    successors = {l.name: _successor(l, nodes) for l in layers}
-    hidden = [l for l in layers if _reaches_any(l, layers, nodes)]
-    kernels = {l.name: unwrap(l).kernel.numpy() for l in layers}
-    incoming_dead = {l.name: ~np.any(kernels[l.name].reshape(-1, kernels[l.name].shape[-1]) != 0, axis=0)
-                     for l in hidden}
-    # Outgoing: walk from the output backwards, so "leads only to pruned neurons" is known downstream.
-    dead = {}
-    for layer in reversed(hidden):
-        d = incoming_dead[layer.name].copy()
-        succ = successors[layer.name]
-        if succ is not None:
-            w_next = kernels[succ.name]
-            # The next kernel's rows fed by each unit, as [position, unit, next_unit]: channels are
-            # last in Keras, so this one reshape serves Dense->Dense, Conv->Conv and Conv->Flatten->Dense.
-            rows = w_next.reshape(-1, d.size, w_next.shape[-1])
-            live_next = ~dead[succ.name] if succ.name in dead else np.ones(w_next.shape[-1], bool)
-            reaches_live = np.any(rows[:, :, live_next] != 0, axis=(0, 2))
-            d |= ~reaches_live
-        dead[layer.name] = d
-    return {l.name: dead[l.name] for l in hidden}
+    hidden, successor = pure.hidden_dense_conv(
+        layers, lambda layer: consumers(layer, nodes), lambda layer: isinstance(unwrap(layer), DENSE_CONV),
+        lambda layer: isinstance(unwrap(layer), PASSTHROUGH), key=lambda layer: layer.name)
+    return pure.dead_neurons(hidden, successor, kernels or _kernels(model))
 
 
 def all_layers(model):
     """Every leaf layer of ``model``, descending into nested models (the one walker all modules use)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from all_layers(layer)
-        else:
-            yield layer
+    return pure.leaf_layers(model, keras.Model)
 
 
 def graph_nodes(model):
@@ -224,37 +136,6 @@ def shares_layers(model):
     ``layer.output`` or counts its calls needs a copy of the model (``clone_model``) instead."""
     nodes = graph_nodes(model)
     return nodes is not None and any(calls(l) != calls(l, nodes) for l in all_layers(model))
-
-
-def _successor(layer, nodes=None):
-    """The next Dense/Conv layer if this layer's output feeds exactly one, through channel-preserving
-    layers only; else None."""
-    current = layer
-    while True:
-        following = consumers(current, nodes)
-        if len(following) != 1:
-            return None
-        current = following[0]
-        inner = unwrap(current)
-        if isinstance(inner, DENSE_CONV):
-            return current
-        if not isinstance(inner, PASSTHROUGH):
-            return None
-
-
-def _reaches_any(layer, candidates, nodes=None):
-    """True if some Dense/Conv layer lies downstream of ``layer`` (so ``layer`` is hidden)."""
-    names = {c.name for c in candidates}
-    seen, stack = set(), consumers(layer, nodes)
-    while stack:
-        current = stack.pop()
-        if current.name in seen:
-            continue
-        seen.add(current.name)
-        if current.name in names:
-            return True
-        stack += consumers(current, nodes)
-    return False
 
 
 class SparsityLogger(keras.callbacks.Callback):

@@ -13,14 +13,13 @@ Killed and rerun, a sweep skips every (method, variant, point, seed) already in 
 resumes unfinished runs; two sweeps on one folder split the work through per-run file locks.
 """
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from kerasprune import paths
+from kerasprune import runs
 from kerasprune.config import RunSettings
 from kerasprune.distribute import parse_strategy
 from kerasprune.errors import KerasPruneError
@@ -114,15 +113,15 @@ def ensure_lobster(config, out, verbose="auto"):
     operating points there are used as they are.
     """
     if config.lobster_dir:
-        if not os.path.isfile(os.path.join(config.lobster_dir, paths.POINTS_CSV)):
-            raise KerasPruneError(f"lobster_dir {config.lobster_dir!r} has no {paths.POINTS_CSV}")
+        if not os.path.isfile(os.path.join(config.lobster_dir, runs.POINTS_CSV)):
+            raise KerasPruneError(f"lobster_dir {config.lobster_dir!r} has no {runs.POINTS_CSV}")
         _check_same_setup(config, config.lobster_dir)
         return config.lobster_dir
-    lobster_dir = os.path.join(out, paths.SWEEP_LOBSTER)
+    lobster_dir = os.path.join(out, runs.SWEEP_LOBSTER)
     try:
         from kerasprune import lobster
     except ImportError as exc:
-        if os.path.isfile(os.path.join(lobster_dir, paths.POINTS_CSV)):
+        if os.path.isfile(os.path.join(lobster_dir, runs.POINTS_CSV)):
             return lobster_dir
         raise KerasPruneError(f"no operating points in {lobster_dir} and kerasprune.lobster is not "
                               f"available ({exc}); set lobster_dir to a LOBSTER run folder") from None
@@ -172,7 +171,7 @@ class Job:
         return f"{name}/point_{self.point:03d}/seed_{self.seed}"
 
     def run_dir(self, out):
-        return os.path.join(out, paths.SWEEP_RUNS, *self.run_id.split("/"))
+        return os.path.join(out, runs.SWEEP_RUNS, *self.run_id.split("/"))
 
 
 def jobs_for(config, points):
@@ -201,14 +200,14 @@ def run(config, out, verbose="auto", only=None, assemble=True):
     figure and the exports (a worker beside other processes of the same sweep); a plain run on a
     folder whose runs are all done only assembles them.
     """
-    from kerasprune import report, training
+    from kerasprune import report
     from kerasprune.distribute import declare_strategy, is_chief
 
     declare_strategy(config.strategy)  # before the first write (a stale TF_CONFIG must not mute it)
     os.makedirs(out, exist_ok=True)
     if is_chief():
-        training.write_json(os.path.join(out, paths.SWEEP_CONFIG), dataclasses.asdict(config))
-    table = ResultsTable(os.path.join(out, paths.RESULTS))
+        runs.write_json(os.path.join(out, runs.SWEEP_CONFIG), dataclasses.asdict(config))
+    table = ResultsTable(os.path.join(out, runs.RESULTS))
     lobster_dir = ensure_lobster(config, out, verbose)
     all_points = read_operating_points(lobster_dir)
     for row in all_points:
@@ -236,10 +235,10 @@ def run(config, out, verbose="auto", only=None, assemble=True):
         from kerasprune import results
 
         with file_lock(os.path.join(out, "exports.lock")):  # two sweeps finishing together
-            report.figure1(results.read(table.path), os.path.join(out, paths.FIGURE1),
+            report.figure1(results.read(table.path), os.path.join(out, runs.FIGURE1),
                            title=f"{config.name}: {config.model} on {config.dataset}")
             export_solutions(config, out, lobster_dir, points, results.read(table.path))
-        print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, paths.FIGURE1)}")
+        print(f"[sweep] done: {len(rows)} rows in {table.path}; figure {os.path.join(out, runs.FIGURE1)}")
     return rows
 
 
@@ -262,14 +261,14 @@ def _chosen_points(config, lobster_dir, all_points):
 def pending_runs(config, out):
     """Run ids of the sweep's runs not yet in ``OUT/results.csv``, in the order a sweep runs them;
     ``["lobster"]`` while the LOBSTER run the points come from has not finished."""
-    lobster_dir = config.lobster_dir or os.path.join(out, paths.SWEEP_LOBSTER)
+    lobster_dir = config.lobster_dir or os.path.join(out, runs.SWEEP_LOBSTER)
     if config.lobster_dir is not None:  # given: it must already hold the points (--only lobster can't help)
         ensure_lobster(config, out)
-    elif not (os.path.isfile(paths.run_file(lobster_dir, paths.METRICS))
-              and os.path.isfile(paths.run_file(lobster_dir, paths.POINTS_CSV))):
+    elif not (os.path.isfile(runs.finished_marker(lobster_dir, "lobster"))
+              and os.path.isfile(runs.run_file(lobster_dir, runs.POINTS_CSV))):
         return [LOBSTER_RUN_ID]
     points = _chosen_points(config, lobster_dir, read_operating_points(lobster_dir))
-    done = ResultsTable(os.path.join(out, paths.RESULTS)).done()
+    done = ResultsTable(os.path.join(out, runs.RESULTS)).done()
     return [j.run_id for j in jobs_for(config, points) if not all(k in done for k in j.keys(points))]
 
 
@@ -280,11 +279,9 @@ SAME_SETUP = ("model", "dataset", "split_seed", "val_fraction")
 
 def _lobster_config(lobster_dir):
     """The LOBSTER folder's ``config.json``, or {} (a folder made by hand or by an older version)."""
-    path = paths.run_file(lobster_dir, paths.CONFIG)
-    if not os.path.isfile(path):
+    if not os.path.isfile(runs.run_file(lobster_dir, runs.CONFIG)):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    return runs.read_config(lobster_dir)
 
 
 def _check_same_setup(config, lobster_dir):
@@ -355,7 +352,7 @@ class _Context:
     def dense(self, seed):
         from kerasprune import oneshot
 
-        dense_dir = os.path.join(self.out, paths.SWEEP_DENSE, f"seed_{seed}")
+        dense_dir = os.path.join(self.out, runs.SWEEP_DENSE, f"seed_{seed}")
         cfg = self.config.train_config(seed, self.config.dense_epochs)
         with file_lock(dense_dir + ".lock"):
             return dense_dir, cfg, oneshot.dense(cfg, dense_dir, verbose=self.verbose)
@@ -392,7 +389,7 @@ class _Context:
               f"{job.point if job.point is not None else 'all'} seed {job.seed} -> {run_dir}", flush=True)
         if job.method == "lottery_rewind":
             result = oneshot.lottery_rewind(cfg, run_dir, self.mask(job.point),
-                                            paths.run_file(self.lobster_dir, paths.INITIAL_WEIGHTS), **kw)
+                                            runs.run_file(self.lobster_dir, runs.INITIAL_WEIGHTS), **kw)
         elif job.method == "random_reinit":
             cfg = dataclasses.replace(cfg, seed=self.fresh_init_seed(job.seed))
             result = oneshot.random_reinit(cfg, run_dir, self.mask(job.point), **kw)
@@ -440,8 +437,8 @@ def export_solutions(config, out, lobster_dir, points, rows):
     top = max(points, key=lambda p: p["pruned_params_pct"])
     candidates = [r for r in rows if r["method"] in ONESHOT_FOR_EXPORT and r["point"] == top["point"]
                   and r.get("val_error") is not None]
-    exports_path = os.path.join(out, paths.EXPORTS)
-    current = training.read_json(exports_path) if os.path.isfile(exports_path) else {}
+    exports_path = os.path.join(out, runs.EXPORTS)
+    current = runs.read_json(exports_path) if os.path.isfile(exports_path) else {}
     info = dict(current)
     g_source = os.path.join(lobster_dir, top["weights"])
     if current.get("g_source") != g_source:
@@ -460,5 +457,5 @@ def export_solutions(config, out, lobster_dir, points, rows):
                         oneshot_source=source, oneshot_method=best["method"], oneshot_seed=int(best["seed"]),
                         oneshot_point=int(best["point"]), oneshot_test_error=best["test_error"])
     if info != current:
-        training.write_json(exports_path, info)
+        runs.write_json(exports_path, info)
     return info

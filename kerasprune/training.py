@@ -5,23 +5,26 @@ the best checkpoint by validation loss, the initial weights (for lottery-ticket 
 ``metrics.json``, and a SavedModel export of the final model. Running it again on the same folder
 resumes a killed run (Keras ``BackupAndRestore``) and returns at once if the run had finished.
 
-The pieces (:func:`make_optimizer`, :func:`compile_model`, :func:`run_callbacks`, :func:`fit_and_record`)
-are what LOBSTER and the one-shot baselines reuse, so all runs share one folder layout.
+The pieces (:func:`compile_model`, :func:`run_callbacks`, :func:`fit_and_record`) are what LOBSTER
+and the one-shot baselines reuse, so all runs share one folder layout (:mod:`kerasprune.runs`).
+Optimizers by name come from :mod:`kerasprune.optimizers` (``training.make_optimizer`` still works).
 """
 import csv
 import dataclasses
-import inspect
-import json
 import math
 import os
 import sys
 import time
 from typing import Optional
 
-from kerasprune import paths
+from kerasprune import models, runs
 from kerasprune.config import RunSettings
 from kerasprune._keras import keras, tf
+from kerasprune.distribute import is_chief
 from kerasprune.errors import KerasPruneError
+# Older homes of these names, still used by scripts, tests and docs (README: training.make_optimizer).
+from kerasprune.optimizers import check_optimizer_name, make_optimizer  # noqa: F401
+from kerasprune.runs import check_same_config, read_json, write_json  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -36,95 +39,6 @@ class TrainConfig(RunSettings):
         super().__post_init__()
         if self.epochs < 1:
             raise KerasPruneError(f"epochs must be >= 1, got {self.epochs}")
-
-
-def _optimizer_classes():
-    """Every current (non-legacy) Keras optimizer class, by lower-case name."""
-    return {n.lower(): c for n, c in vars(keras.optimizers).items()
-            if isinstance(c, type) and issubclass(c, keras.optimizers.Optimizer)
-            and c is not keras.optimizers.Optimizer}
-
-
-class _CoupledWeightDecay:
-    """Mixin for a Keras optimizer: L2 weight decay folded into the gradient, as PyTorch's
-    ``torch.optim.SGD(weight_decay=wd)`` (and Adam, RMSprop, ...) does it: ``g <- g + wd * w``,
-    then the optimizer's own update (momentum, then the step) on that gradient. Keras's own
-    ``weight_decay`` argument is the decoupled form (``w <- w - lr * wd * w`` next to the update,
-    never through the momentum), which is not what PyTorch recipes mean.
-
-    Mechanism: we override ``update_step``, the per-variable update every Keras optimizer
-    implements, because it is the one hook both ways of stepping go through: Keras's own
-    ``apply_gradients`` (``_update_step``/``_update_step_xla`` -> ``update_step``, after the
-    replicas' gradients are aggregated) and kerasprune's ``Lobster`` wrapper, which calls
-    ``base_optimizer.update_step(g, w)`` directly and so skips everything the base does in
-    ``apply_gradients`` (clipping, Keras's ``_apply_weight_decay``, EMA). tf_keras optimizers have
-    no ``gradient_transformers`` hook (only the legacy ones do), so a subclass is the smallest change.
-
-    Which variables decay: every variable the optimizer updates, i.e. all the model's trainable
-    variables (kernels, biases, BatchNorm gamma/beta), as the PyTorch reference does by passing
-    ``model.parameters()`` to SGD. Pruned (masked) parameters are zero, so their decay is zero.
-    Under ``Lobster`` the decay changes only the base step: LOBSTER's sensitivity term still sees the
-    raw loss gradient (``Lobster.update_step`` keeps its own ``gradient``).
-    """
-
-    def __init__(self, *args, coupled_weight_decay=0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.coupled_weight_decay = float(coupled_weight_decay)
-
-    def update_step(self, gradient, variable):
-        if isinstance(gradient, tf.IndexedSlices):  # sparse gradient: the decay touches every row
-            gradient = tf.convert_to_tensor(gradient)
-        decay = tf.cast(self.coupled_weight_decay, variable.dtype)
-        return super().update_step(gradient + decay * tf.convert_to_tensor(variable), variable)
-
-    def get_config(self):
-        config = super().get_config()
-        config["coupled_weight_decay"] = self.coupled_weight_decay
-        return config
-
-
-def _with_coupled_decay(cls):
-    name = f"{cls.__name__}CoupledDecay"
-    sub = type(name, (_CoupledWeightDecay, cls), {"__module__": __name__, "__doc__": (
-        f"``{cls.__name__}`` with coupled (L2, PyTorch-style) weight decay: see make_optimizer.")})
-    # Registered so a serialised optimizer (e.g. the base inside Lobster.get_config) deserialises.
-    return keras.utils.register_keras_serializable(package="kerasprune", name=name)(sub)
-
-
-# Made once, at import: registration must happen before any config naming them is deserialised.
-_COUPLED_DECAY_CLASSES = {cls: _with_coupled_decay(cls) for cls in _optimizer_classes().values()}
-
-
-def check_optimizer_name(name, momentum=0.0):
-    """The optimizer class ``name`` stands for, or a one-line error (unknown name, no momentum)."""
-    classes = _optimizer_classes()
-    if name.lower() not in classes:
-        raise KerasPruneError(f"unknown optimizer {name!r}; valid names are: {', '.join(sorted(classes))}")
-    cls = classes[name.lower()]
-    if momentum and "momentum" not in inspect.signature(cls).parameters:
-        raise KerasPruneError(f"optimizer {name!r} has no momentum; drop --momentum")
-    return cls
-
-
-def make_optimizer(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0):
-    """A Keras optimizer by class name, case-insensitive (``sgd``, ``adam``, ``rmsprop``, ...).
-
-    ``momentum`` applies to optimizers that have one (SGD, RMSprop). We look the class up ourselves:
-    ``keras.optimizers.get`` returns the legacy (v2) classes for names, and kerasprune's optimizers
-    (LOBSTER) wrap the current ``keras.optimizers.Optimizer``.
-
-    ``weight_decay`` > 0 is PyTorch's coupled L2 decay (``g <- g + weight_decay * w`` before the
-    optimizer's update, for every trainable variable; see :class:`_CoupledWeightDecay`), not Keras's
-    decoupled ``weight_decay`` argument. The optimizer is then a subclass of the named class (still
-    an instance of it); with 0 it is the plain Keras class.
-    """
-    cls = check_optimizer_name(name, momentum)
-    if weight_decay < 0:
-        raise KerasPruneError(f"weight_decay must be >= 0, got {weight_decay}")
-    kwargs = {"momentum": momentum} if "momentum" in inspect.signature(cls).parameters else {}
-    if weight_decay:
-        return _COUPLED_DECAY_CLASSES[cls](learning_rate=lr, coupled_weight_decay=weight_decay, **kwargs)
-    return cls(learning_rate=lr, **kwargs)
 
 
 # Training steps per call of Keras' compiled train function. Keras' per-step dispatch (the Python
@@ -177,21 +91,19 @@ class StopOnNaN(keras.callbacks.Callback):
     def raise_if_stopped(self, run_dir=None):
         """Raises if the loss diverged, after marking ``run_dir`` (``diverged.json``): Keras has
         deleted the backup, so rerunning there would silently start over on top of the old files."""
-        from kerasprune.distribute import is_chief
-
         if self.where is not None:
             epoch, batch = self.where
             if run_dir and is_chief():
-                write_json(paths.run_file(run_dir, paths.DIVERGED), {"epoch": epoch + 1, "batch": batch + 1})
+                runs.write_json(runs.run_file(run_dir, runs.DIVERGED), {"epoch": epoch + 1, "batch": batch + 1})
             raise KerasPruneError(f"the loss became NaN/inf at epoch {epoch + 1}, batch {batch + 1}: "
                                   "training diverged; try a lower --lr (in a new --out)")
 
 
 def refuse_diverged(run_dir):
     """Raises if the run in ``run_dir`` diverged before (see :meth:`StopOnNaN.raise_if_stopped`)."""
-    path = paths.run_file(run_dir, paths.DIVERGED)
+    path = runs.run_file(run_dir, runs.DIVERGED)
     if os.path.isfile(path):
-        where = read_json(path)
+        where = runs.read_json(path)
         raise KerasPruneError(f"{run_dir} holds a run whose loss became NaN/inf at epoch {where['epoch']}, "
                               f"batch {where['batch']}; to try again with other settings, use another "
                               f"output folder, or delete {run_dir}")
@@ -214,24 +126,20 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         if os.path.isfile(self.state_path):
-            state = read_json(self.state_path)
+            state = runs.read_json(self.state_path)
             self.best, self.wait, self.cooldown_counter = state["best"], state["wait"], state["cooldown_counter"]
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
-        from kerasprune.distribute import is_chief
-
         if is_chief():
-            write_json(self.state_path, {"best": float(self.best), "wait": int(self.wait),
+            runs.write_json(self.state_path, {"best": float(self.best), "wait": int(self.wait),
                                          "cooldown_counter": int(self.cooldown_counter), "epoch": epoch + 1})
 
 
 def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True):
     """The callbacks every run gets: LR logging, NaN guard, CSV history, TensorBoard, best
     checkpoint by ``monitor`` and (optionally) BackupAndRestore in ``run_dir``."""
-    from kerasprune.distribute import is_chief
-
-    history_path = paths.run_file(run_dir, paths.HISTORY)
+    history_path = runs.run_file(run_dir, runs.HISTORY)
     callbacks = [LearningRateLogger(), StopOnNaN()]
     # Every record of an epoch before its backup: a kill in between then repeats the epoch (its
     # history row comes twice; read_history keeps the last) instead of losing the row or the best
@@ -241,16 +149,16 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
     # TensorBoard and ModelCheckpoint run on every worker of a multi-worker run: they change the
     # traced train step (summaries) or save collectively, so a chief-only copy deadlocks the
     # collectives. Keras sends a non-chief's writes to a temporary folder it deletes afterwards.
-    callbacks.append(keras.callbacks.TensorBoard(paths.run_file(run_dir, paths.TENSORBOARD)))
+    callbacks.append(keras.callbacks.TensorBoard(runs.run_file(run_dir, runs.TENSORBOARD)))
     if best_checkpoint:
-        best_path = paths.run_file(run_dir, paths.BEST_WEIGHTS)
+        best_path = runs.run_file(run_dir, runs.BEST_WEIGHTS)
         if is_chief():
             os.makedirs(os.path.dirname(best_path), exist_ok=True)
         callbacks.append(keras.callbacks.ModelCheckpoint(
             best_path, monitor=monitor, save_best_only=True, save_weights_only=True,
             initial_value_threshold=best_in_history(history_path, monitor)))
     if backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(paths.run_file(run_dir, paths.BACKUP)))
+        callbacks.append(keras.callbacks.BackupAndRestore(runs.run_file(run_dir, runs.BACKUP)))
     callbacks.append(ShortConsoleLine())
     return callbacks
 
@@ -270,7 +178,7 @@ def read_history(run_dir, every_row=False):
 
     An epoch repeated after a kill (see :func:`run_callbacks`) appears once, with its last row;
     ``every_row`` returns the file's rows as they are."""
-    path = paths.run_file(run_dir, paths.HISTORY)
+    path = runs.run_file(run_dir, runs.HISTORY)
     if not os.path.isfile(path):
         return []
     with open(path, newline="") as f:
@@ -319,7 +227,7 @@ def resume_epoch(run_dir):
 
     Reads the whole backup first, so a damaged one (a copy cut short, a full disk) is a one-line
     error here rather than an IndexError deep inside Keras' restore."""
-    backup = paths.run_file(run_dir, paths.BACKUP)
+    backup = runs.run_file(run_dir, runs.BACKUP)
     latest = tf.train.latest_checkpoint(os.path.join(backup, "chief"))
     if latest is None:
         return 0
@@ -343,52 +251,20 @@ def _verbosity(verbose):
     return verbose
 
 
-def write_json(path, data):
-    """Atomic JSON write: a killed process never leaves a half-written file."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if hasattr(value, "tolist"):  # numpy arrays and scalars (a scalar's tolist() is its item)
-        return value.tolist()
-    if hasattr(value, "numpy"):  # eager tensors
-        return value.numpy().tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def read_json(path):
-    """The JSON in ``path``; a damaged file is a one-line error naming it (not a JSONDecodeError)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise KerasPruneError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); it was "
-                              "damaged (a full disk, or a copy cut short): restore it, or delete the "
-                              "run folder to start over") from None
-
-
 def export_saved_model(model, path):
     """Writes a SavedModel loadable with ``tf.saved_model.load`` and ``tf_keras.models.load_model``.
 
     Call it on every worker of a multi-worker run: saving runs collective ops, so a chief-only save
     hangs. Only the chief's copy is kept; other workers save to a temporary folder and delete it.
     """
-    from kerasprune.distribute import chief_path, is_chief
+    from kerasprune.distribute import chief_path
 
     if not is_chief():
         with chief_path(path) as scratch:
             model.save(scratch, save_format="tf", include_optimizer=False)
         return path
-    tmp = path.rstrip("/") + ".partial"
-    if os.path.exists(tmp):
-        tf.io.gfile.rmtree(tmp)
-    model.save(tmp, save_format="tf", include_optimizer=False)
-    if os.path.exists(path):
-        tf.io.gfile.rmtree(path)
-    os.replace(tmp, path)
+    with runs.atomic_path(path) as tmp:
+        model.save(tmp, save_format="tf", include_optimizer=False)
     return path
 
 
@@ -397,40 +273,9 @@ def evaluate(model, dataset):
     return model.evaluate(dataset, verbose=0, return_dict=True)
 
 
-def check_same_config(saved, wanted, out, resumable=("epochs",)):
-    """Raises unless the run folder's ``config.json`` (``saved``) matches the config of the command
-    resuming it (``wanted``) in every field but ``resumable``: resuming with other settings would
-    continue the old weights under a config.json that no longer describes them. ``wanted`` is
-    compared as JSON holds it (tuples become lists).
-
-    A :class:`RunSettings` field missing from ``saved`` counts as its dataclass default: the folder
-    was written before the field existed, when every run behaved as the default does (e.g.
-    ``weight_decay`` 0). This is the one place that defaulting is done, for every run kind."""
-    wanted = json.loads(json.dumps(wanted, default=_json_default))
-    saved = dict(saved)
-    for field in dataclasses.fields(RunSettings):
-        if field.name in wanted and field.name not in saved and field.default is not dataclasses.MISSING:
-            saved[field.name] = field.default
-    diff = [k for k in wanted if k not in resumable and saved.get(k) != wanted[k]]
-    if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in diff)
-        from kerasprune import runs
-
-        if not runs.has_finished_epoch(out):  # a failed first attempt: nothing to keep
-            from kerasprune.distribute import is_chief
-
-            if is_chief():  # other workers of a multi-worker run must not delete the chief's files
-                print(f"{out}: no finished epoch under the old configuration ({details}); starting afresh")
-                runs.clear_unstarted(out)
-            return
-        raise KerasPruneError(f"{out} holds a run with another configuration ({details}); "
-                              "rerun the same command to resume, or choose another --out")
-
-
 def train(config, out, verbose="auto"):
     """Runs (or resumes, or returns the result of) one plain training run in folder ``out``."""
-    from kerasprune import runs
-    from kerasprune.distribute import declare_strategy, is_chief
+    from kerasprune.distribute import declare_strategy
 
     declare_strategy(config.strategy)
     with runs.exclusive(out, enabled=is_chief()):  # one process per run folder
@@ -438,33 +283,19 @@ def train(config, out, verbose="auto"):
 
 
 def _train_in(config, out, verbose):
-    from kerasprune import models
-    from kerasprune.distribute import get_strategy, is_chief, save_weights
+    from kerasprune.distribute import get_strategy, save_weights
 
-    metrics_path = paths.run_file(out, paths.METRICS)
-    config_path = paths.run_file(out, paths.CONFIG)
-    if os.path.isfile(config_path):
-        check_same_config(read_json(config_path), dataclasses.asdict(config), out,
-                          resumable=("epochs", "export_dir"))
-    if os.path.isfile(metrics_path):
-        done = read_json(metrics_path)
-        if done.get("epochs_completed", -1) == config.epochs:
-            print(f"{out}: already finished ({config.epochs} epochs); remove it to rerun")
-            return done
-        raise KerasPruneError(f"{out} holds a finished run of {done.get('epochs_completed')} epochs, "
-                              f"not {config.epochs}; choose another --out")
+    done = runs.start(out, config, "train", resumable=("epochs", "export_dir"))
+    if done is not None:
+        return runs.already_finished(out, done, config.epochs)
     strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)  # before the pipelines: their shuffle seeds derive from it
     splits = config.load_data(shuffle_seed=config.seed)
-    os.makedirs(out, exist_ok=True)
-    if is_chief():  # after the data loaded: a failed first attempt does not pin a wrong config
-        write_json(config_path, dataclasses.asdict(config))
     with strategy.scope():
-        model = models.build(config.model, input_shape=splits.spec.input_shape,
-                             num_classes=splits.spec.num_classes, seed=config.seed)
+        model = models.build_for(config, seed=config.seed, dspec=splits.spec)
         compile_model(model, config.make_optimizer())
     # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
-    save_weights(model, paths.run_file(out, paths.INITIAL_WEIGHTS), keep_existing=True)
+    save_weights(model, runs.run_file(out, runs.INITIAL_WEIGHTS), keep_existing=True)
     history, seconds = fit_and_record(model, splits, out, config.epochs, verbose=verbose)
     test = evaluate(model, splits.test)
     metrics = {
@@ -475,8 +306,8 @@ def _train_in(config, out, verbose):
         "seconds_this_session": seconds,
         "model": config.model, "dataset": config.dataset, "params": model.count_params(),
     }
-    saved_model = export_saved_model(model, paths.export_path(out, config.export_dir))  # all workers
+    saved_model = export_saved_model(model, runs.export_path(out, config.export_dir))  # all workers
     if is_chief():
         metrics["saved_model"] = os.path.abspath(saved_model)  # readable from any working directory
-        write_json(metrics_path, metrics)
+        runs.mark_finished(out, "train", metrics)
     return metrics

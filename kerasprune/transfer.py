@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from kerasprune import paths, sparsity, training
+from kerasprune import runs, sparsity, training
 from kerasprune.config import RunSettings
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
@@ -35,8 +35,8 @@ SELECTIONS = ("best", "final")
 PSP_SPLITS = ("train", "validation", "test")
 # The same file name as the sweep's retrainings: ``kerasprune export`` and another transfer read a
 # transfer folder the way they read those (when its config names a registered model).
-FINAL_WEIGHTS = "final.weights.h5"
-LOBSTER_POINTS = paths.POINTS_CSV
+FINAL_WEIGHTS = runs.FINAL_WEIGHTS
+LOBSTER_POINTS = runs.POINTS_CSV
 
 
 @dataclasses.dataclass
@@ -141,11 +141,11 @@ def describe_source(path, point=None):
         if point is not None:
             raise KerasPruneError(f"--point is for LOBSTER run folders; {path} is a SavedModel")
         return SourceInfo("saved_model", path)
-    config_path = paths.run_file(path, paths.CONFIG)
+    config_path = runs.run_file(path, runs.CONFIG)
     if not os.path.isfile(config_path):
         raise KerasPruneError(f"source {path} is neither a SavedModel (no saved_model.pb) nor a run folder "
-                              f"(no {paths.CONFIG})")
-    config = training.read_json(config_path)
+                              f"(no {runs.CONFIG})")
+    config = runs.read_config(path)
     base = dict(path=path, model=config.get("model"), dataset=config.get("dataset"),
                 data_dir=config.get("data_dir"))
     if os.path.isfile(os.path.join(path, LOBSTER_POINTS)):
@@ -162,8 +162,8 @@ def describe_source(path, point=None):
     if base["model"] is None:  # e.g. a transfer from a SavedModel: no registered architecture
         raise KerasPruneError(f"{config_path} names no registered model; use the run's SavedModel "
                               "(metrics.json: saved_model) as the source")
-    if not any(os.path.isfile(os.path.join(path, f)) for f in (export.ONESHOT_FINAL, paths.BEST_WEIGHTS)):
-        raise KerasPruneError(f"run folder {path} has no {export.ONESHOT_FINAL} or {paths.BEST_WEIGHTS}: "
+    if not any(os.path.isfile(os.path.join(path, f)) for f in (runs.FINAL_WEIGHTS, runs.BEST_WEIGHTS)):
+        raise KerasPruneError(f"run folder {path} has no {runs.FINAL_WEIGHTS} or {runs.BEST_WEIGHTS}: "
                               "no trained model to transfer (has the run finished an epoch?)")
     found = export.run_sources(path)[0]
     return SourceInfo("run", weights=found.weights, **base)
@@ -424,7 +424,6 @@ def run(config, out, verbose="auto"):
     source zeros kept under fine-tuning), a SavedModel export, and last ``metrics.json``. One
     process at a time per folder (:func:`kerasprune.runs.exclusive`).
     """
-    from kerasprune import runs
     from kerasprune.distribute import declare_strategy, is_chief
 
     config, info = resolve(config)
@@ -437,18 +436,6 @@ def _run_in(config, info, out, verbose):
     from kerasprune import _tfmot, analysis, data, export
     from kerasprune.distribute import get_strategy, is_chief
 
-    metrics_path = paths.run_file(out, paths.METRICS)
-    config_path = paths.run_file(out, paths.CONFIG)
-    if os.path.isfile(config_path):
-        training.check_same_config(training.read_json(config_path), dataclasses.asdict(config), out,
-                                   resumable=("epochs", "export_dir"))
-    if os.path.isfile(metrics_path):
-        done = training.read_json(metrics_path)
-        if done.get("epochs_completed", -1) == config.epochs:
-            print(f"{out}: already finished ({config.epochs} epochs); remove it to rerun")
-            return done
-        raise KerasPruneError(f"{out} holds a finished transfer of {done.get('epochs_completed')} epochs, "
-                              f"not {config.epochs}; choose another --out")
     start = time.time()
     strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
@@ -457,18 +444,19 @@ def _run_in(config, info, out, verbose):
     check_input_shape(source_model, dspec, info.path)
     head_name = classifier_layer(source_model).name
     analysis.relu_layers(source_model)  # PSPs need separate ReLU layers: fail now, not after training
+    # After the source's checks, so a source that cannot be transferred pins no config.json.
+    done = runs.start(out, config, "transfer", resumable=("epochs", "export_dir"))
+    if done is not None:
+        return runs.already_finished(out, done, config.epochs, what="transfer")
     source_report = sparsity.report(source_model)
     splits, arrays, shots = load_target(config)
-    os.makedirs(out, exist_ok=True)
-    if is_chief():  # after the source and data loaded: a failed first attempt pins no config
-        training.write_json(config_path, dataclasses.asdict(config))
     fit_model, model, mask = prepare(config, source_model, dspec.num_classes, strategy)
     body_before = _body_values(model) if config.probe == "linear" else None
     # Under finetune, as the sweep's retrainings: TF-MOT's step counter, then the sparsity per epoch.
     callbacks = _tfmot.callbacks() + [sparsity.SparsityLogger(config.mask_kinds)] if mask is not None else []
     history, _ = training.fit_and_record(fit_model, splits, out, config.epochs, callbacks=callbacks,
                                          verbose=verbose)
-    best = paths.run_file(out, paths.BEST_WEIGHTS)
+    best = runs.run_file(out, runs.BEST_WEIGHTS)
     if config.select == "best" and os.path.isfile(best):
         load_checkpoint(fit_model, best, twin=lambda: (keras.models.clone_model(model) if mask is None else
                                                        _tfmot.wrap(keras.models.clone_model(model),
@@ -502,12 +490,12 @@ def _run_in(config, info, out, verbose):
         "seconds_this_session": time.time() - start,
         "model": config.model, "dataset": config.dataset, "params": final.count_params(),
     }
-    saved_model = training.export_saved_model(final, paths.export_path(out, config.export_dir))  # all workers
+    saved_model = training.export_saved_model(final, runs.export_path(out, config.export_dir))  # all workers
     if is_chief():
-        final.save_weights(paths.run_file(out, FINAL_WEIGHTS))
+        final.save_weights(runs.run_file(out, FINAL_WEIGHTS))
         _log_summary(out, metrics)
         metrics["saved_model"] = os.path.abspath(saved_model)
-        training.write_json(metrics_path, metrics)
+        runs.mark_finished(out, "transfer", metrics)
     return metrics
 
 
@@ -546,7 +534,7 @@ def _check_body(final, body_before, mask, kinds):
 
 def _log_summary(out, metrics):
     """The headline numbers as TensorBoard scalars (``tensorboard/transfer``)."""
-    writer = tf.summary.create_file_writer(os.path.join(paths.run_file(out, paths.TENSORBOARD), "transfer"))
+    writer = tf.summary.create_file_writer(os.path.join(runs.run_file(out, runs.TENSORBOARD), "transfer"))
     with writer.as_default():
         for key in ("test_accuracy", "test_loss", "val_accuracy", "source_pruned_params_pct",
                     "psp_entropy_1", "psp_entropy_2"):

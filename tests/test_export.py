@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from kerasprune import cli, export, models, paths, sparsity, training
+from kerasprune import cli, export, models, runs, sparsity, training
 from kerasprune._keras import keras, tf, tfmot
 from kerasprune.errors import KerasPruneError
 from kerasprune.pure import points
@@ -62,7 +62,7 @@ def exported(lobster_run, tmp_path_factory):
 
 
 def report_of(lobster_run, export_dir, tag):
-    path = paths.export_path(str(lobster_run), export_dir, tag) + export.REPORT_SUFFIX
+    path = runs.export_path(str(lobster_run), export_dir, tag) + export.REPORT_SUFFIX
     with open(path) as f:
         return json.load(f)
 
@@ -71,7 +71,7 @@ def test_export_writes_sparse_compact_and_tflite_models_of_operating_points(lobs
     for point in (0, 1):
         tag = f"point_{point:03d}"
         rep = report_of(lobster_run, exported, tag)
-        base = paths.export_path(str(lobster_run), exported, tag)
+        base = runs.export_path(str(lobster_run), exported, tag)
         for path in (base, base + "_compact"):
             assert os.path.isfile(os.path.join(path, "saved_model.pb"))
             assert os.path.isfile(path + ".tflite") == (point == 1)
@@ -111,7 +111,7 @@ def test_exported_saved_models_load_without_kerasprune_and_give_the_same_outputs
         lobster_run, exported, mnist_small, tmp_path):
     x = np.concatenate([x.numpy() for x, _ in mnist_small.test])[:200]
     np.save(tmp_path / "x.npy", x)
-    dirs = {k: paths.export_path(str(lobster_run), exported, "point_001" + k) for k in ("", "_compact")}
+    dirs = {k: runs.export_path(str(lobster_run), exported, "point_001" + k) for k in ("", "_compact")}
     script = textwrap.dedent(f"""
         import importlib.abc, json, sys
         import numpy as np
@@ -210,7 +210,7 @@ def test_oneshot_run_final_weights_and_tfmot_wrapped_weight_files_export(tmp_pat
                                 compact=False, evaluate=False, verbose=False)
     x = np.concatenate([x.numpy() for x, _ in mnist_small.test])[:100]
     for tag in ("final", "wrapped"):
-        loaded = keras.models.load_model(paths.export_path(str(run_dir), export_dir, tag))
+        loaded = keras.models.load_model(runs.export_path(str(run_dir), export_dir, tag))
         np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
     assert results["wrapped"]["sparse"]["nonzero_params"] == sum(int(np.count_nonzero(w)) for w in weights)
 
@@ -222,7 +222,7 @@ def test_a_training_run_exports_its_best_checkpoint(tmp_path, mnist_small):
     results = export.export_run(run_dir, str(tmp_path / "exports"), compact=False, evaluate=False, verbose=False)
     assert list(results) == ["best"]
     best = models.build("lenet300")
-    best.load_weights(os.path.join(run_dir, paths.BEST_WEIGHTS))
+    best.load_weights(os.path.join(run_dir, runs.BEST_WEIGHTS))
     x = np.concatenate([x.numpy() for x, _ in mnist_small.test])[:100]
     loaded = export.serving_logits(results["best"]["saved_model"])
     np.testing.assert_allclose(loaded(x), best(x).numpy(), rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from kerasprune import cli, paths, sparsity
+from kerasprune import cli, runs, sparsity
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
 from kerasprune.lobster import (Lobster, LobsterConfig, LobsterPruning, Plateau, load_operating_point,
@@ -390,7 +390,7 @@ def test_run_writes_operating_points_that_reload_with_their_zeros_and_errors(tmp
     assert rows == read_operating_points(out) and len(rows) >= 2
     assert [r["point"] for r in rows] == list(range(len(rows)))
     # The per-level points are the checkpoints; no best-over-all-levels file is written.
-    assert not os.path.exists(os.path.join(out, paths.BEST_WEIGHTS))
+    assert not os.path.exists(os.path.join(out, runs.BEST_WEIGHTS))
     pcts = [r["pruned_params_pct"] for r in rows]
     assert pcts == sorted(pcts) and pcts[-1] > pcts[0]
     for name in ("config.json", "initial.weights.h5", "progression.png", "history.csv", "metrics.json"):
@@ -468,7 +468,7 @@ def test_resuming_with_another_configuration_is_refused(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    training.write_json(str(out / "config.json"), dataclasses.asdict(small_config(epochs=1)))
+    runs.write_json(str(out / "config.json"), dataclasses.asdict(small_config(epochs=1)))
     (out / "history.csv").write_text("epoch,loss\n0,1.0\n")  # an epoch was finished (else: restart)
     out = str(out)
     with pytest.raises(KerasPruneError, match="another configuration .*lmbda"):
@@ -526,7 +526,7 @@ def test_a_folder_from_before_threshold_search_resumes_as_conservative(tmp_path)
     del old["threshold_search"], old["stop_at_pruned"]  # config.json written before the options
     out = tmp_path / "run"
     out.mkdir()
-    training.write_json(str(out / "config.json"), old)
+    runs.write_json(str(out / "config.json"), old)
     (out / "history.csv").write_text("epoch,loss\n0,1.0\n")  # it had finished an epoch
     with pytest.raises(KerasPruneError, match="threshold_search: 'conservative' -> 'reference'"):
         run(small_config(epochs=1), str(out), verbose=0)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from kerasprune import paths, training
+from kerasprune import runs, training
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "_multiworker_worker.py")
@@ -96,13 +96,13 @@ def test_two_workers_train_and_only_the_chief_writes_results_logs_and_the_saved_
     assert r0["chief"] and not r1["chief"]
     assert r0["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-6)  # one model, replicated
     files = _files(chief)
-    for name in (paths.CONFIG, paths.METRICS, paths.HISTORY, paths.INITIAL_WEIGHTS, paths.BEST_WEIGHTS):
+    for name in (runs.CONFIG, runs.METRICS, runs.HISTORY, runs.INITIAL_WEIGHTS, runs.BEST_WEIGHTS):
         assert name in files, (name, files)
-    assert any(f.startswith(paths.TENSORBOARD + os.sep) for f in files)
+    assert any(f.startswith(runs.TENSORBOARD + os.sep) for f in files)
     assert [int(r["epoch"]) for r in training.read_history(str(chief))] == [0, 1]
     saved_models = tmp_path / "saved_models"  # conftest's KERASPRUNE_SAVED_MODELS, shared by both
     exported = [os.path.dirname(f) for f in _files(saved_models) if f.endswith("saved_model.pb")]
-    assert exported == [os.path.relpath(paths.export_path(str(chief)), str(saved_models))]
+    assert exported == [os.path.relpath(runs.export_path(str(chief)), str(saved_models))]
     assert _files(worker) == []
 
 
@@ -114,7 +114,7 @@ def test_two_workers_train_a_batchnorm_model_whose_weight_saves_need_every_worke
     assert rc0 == 0, out0[-3000:]
     assert rc1 == 0, out1[-3000:]
     assert _result(out0)["test_loss"] == pytest.approx(_result(out1)["test_loss"], rel=1e-6)
-    assert paths.INITIAL_WEIGHTS in _files(chief) and _files(worker) == []
+    assert runs.INITIAL_WEIGHTS in _files(chief) and _files(worker) == []
 
 
 def test_two_workers_prune_with_lobster_and_only_the_chief_writes(tmp_path):
@@ -131,7 +131,7 @@ def test_two_workers_prune_with_lobster_and_only_the_chief_writes(tmp_path):
         assert a["threshold"] == pytest.approx(b["threshold"], rel=1e-6)
     assert r0["rows"][1]["pruned_params_pct"] > 0
     files = _files(chief)
-    for name in (paths.CONFIG, paths.METRICS, paths.HISTORY, "operating_points.csv",
+    for name in (runs.CONFIG, runs.METRICS, runs.HISTORY, "operating_points.csv",
                  os.path.join("points", "point_000.weights.h5"), os.path.join("points", "point_001.weights.h5")):
         assert name in files, (name, files)
     assert _files(worker) == []
@@ -144,12 +144,12 @@ def test_a_preempted_worker_group_resumes_from_its_backup(tmp_path):
     for rc, output in first:
         assert rc != 0 and "simulated preemption at the end of epoch 2" in output, output[-3000:]
     assert [int(r["epoch"]) for r in training.read_history(str(out))] == [0, 1]
-    assert not (out / paths.METRICS).exists()
+    assert not (out / runs.METRICS).exists()
     second = _launch("train", [out, out], epochs=4)
     for rc, output in second:
         assert rc == 0, output[-3000:]
     # Epochs 0 and 1 came from the backup and were not trained again.
     assert [int(r["epoch"]) for r in training.read_history(str(out))] == [0, 1, 2, 3]
-    assert training.read_json(str(out / paths.METRICS))["epochs_completed"] == 4
+    assert runs.read_json(str(out / runs.METRICS))["epochs_completed"] == 4
     assert _result(second[0][1])["test_loss"] == pytest.approx(_result(second[1][1])["test_loss"], rel=1e-6)
     assert not [f for f in _files(out) if "workertemp" in f]  # worker 1's scratch copies are gone

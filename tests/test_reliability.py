@@ -39,11 +39,11 @@ def test_a_folder_without_a_finished_epoch_restarts_with_the_corrected_settings(
     out = tmp_path / "run"
     out.mkdir()
     # What a first attempt that died before its first epoch leaves: a config with other settings.
-    training.write_json(str(out / "config.json"), dict(model="lenet300", dataset="mnist", seed=5, lr=0.5))
+    runs.write_json(str(out / "config.json"), dict(model="lenet300", dataset="mnist", seed=5, lr=0.5))
     (out / "initial.weights.h5").write_bytes(b"stale")
     assert cli.main(train_args(out)) == 0
     assert "starting afresh" in capsys.readouterr().out
-    assert training.read_json(str(out / "config.json"))["seed"] == 0
+    assert runs.read_json(str(out / "config.json"))["seed"] == 0
     # Once an epoch is finished, other settings are refused as before.
     assert cli.main(train_args(out, "--lr", "0.05")) == 2
     assert "another configuration" in capsys.readouterr().err
@@ -93,7 +93,7 @@ def test_damaged_json_names_the_file(tmp_path):
     path = tmp_path / "config.json"
     path.write_text('{"model": "lenet3')
     with pytest.raises(KerasPruneError, match=f"{path} is not valid JSON"):
-        training.read_json(str(path))
+        runs.read_json(str(path))
 
 
 def test_out_naming_a_file_and_zero_epochs_are_one_line_errors(tmp_path, capsys):

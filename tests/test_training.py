@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from kerasprune import cli, paths, training
+from kerasprune import cli, optimizers, runs, training
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
 
@@ -26,9 +26,9 @@ def test_one_epoch_of_lenet300_on_real_mnist_reaches_90_percent(tmp_path, capsys
     assert metrics["epochs_completed"] == 1
     assert metrics["test_accuracy"] >= 0.90
     assert metrics["test_loss"] < 0.35
-    for name in (paths.CONFIG, paths.HISTORY, paths.INITIAL_WEIGHTS, paths.BEST_WEIGHTS):
+    for name in (runs.CONFIG, runs.HISTORY, runs.INITIAL_WEIGHTS, runs.BEST_WEIGHTS):
         assert (out / name).exists(), name
-    assert os.listdir(out / paths.TENSORBOARD)
+    assert os.listdir(out / runs.TENSORBOARD)
     assert "test_accuracy" in capsys.readouterr().out
 
 
@@ -67,13 +67,13 @@ def test_interrupted_run_resumes_the_epoch_count(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated kill"):
         training.train(small(epochs=4), out)
     monkeypatch.setattr(training, "fit_and_record", original)
-    initial = open(os.path.join(out, paths.INITIAL_WEIGHTS), "rb").read()
+    initial = open(os.path.join(out, runs.INITIAL_WEIGHTS), "rb").read()
     metrics = training.train(small(epochs=4), out)
     assert metrics["epochs_completed"] == 4
     epochs = [int(r["epoch"]) for r in training.read_history(out)]
     # Epoch 1 ended but crashed before BackupAndRestore saved it, so it is redone once.
     assert epochs == [0, 1, 2, 3]
-    assert open(os.path.join(out, paths.INITIAL_WEIGHTS), "rb").read() == initial
+    assert open(os.path.join(out, runs.INITIAL_WEIGHTS), "rb").read() == initial
     # Running the finished command again does not train again.
     assert training.train(small(epochs=4), out) == metrics
 
@@ -82,7 +82,7 @@ def test_history_row_is_written_before_the_backup_and_a_repeated_epoch_is_read_o
     # A kill after the history row but before the backup repeats that epoch: its row comes twice.
     kinds = [type(c).__name__ for c in training.run_callbacks(str(tmp_path))]
     assert kinds.index("CSVLogger") < kinds.index("BackupAndRestore") and kinds[-2:] == ["BackupAndRestore", "ShortConsoleLine"]
-    with open(tmp_path / paths.HISTORY, "w") as f:
+    with open(tmp_path / runs.HISTORY, "w") as f:
         f.write("epoch,loss\n0,0.5\n1,0.4\n1,0.38\n2,0.3\n")
     assert training.read_history(str(tmp_path)) == [
         {"epoch": 0.0, "loss": 0.5}, {"epoch": 1.0, "loss": 0.38}, {"epoch": 2.0, "loss": 0.3}]
@@ -91,11 +91,11 @@ def test_history_row_is_written_before_the_backup_and_a_repeated_epoch_is_read_o
 def test_resuming_with_other_settings_is_refused_before_any_work(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    training.write_json(str(out / paths.CONFIG), dataclasses.asdict(small(epochs=4)))
-    (out / paths.HISTORY).write_text("epoch,loss\n0,1.0\n")  # an epoch was finished (else: restart)
+    runs.write_json(str(out / runs.CONFIG), dataclasses.asdict(small(epochs=4)))
+    (out / runs.HISTORY).write_text("epoch,loss\n0,1.0\n")  # an epoch was finished (else: restart)
     with pytest.raises(KerasPruneError, match=r"another configuration \(lr: 0.1 -> 0.05\)"):
         training.train(small(epochs=4, lr=0.05), str(out))
-    assert sorted(os.listdir(out)) == [".lock", paths.CONFIG, paths.HISTORY]  # nothing else written
+    assert sorted(os.listdir(out)) == [".lock", runs.CONFIG, runs.HISTORY]  # nothing else written
 
 
 def test_same_seed_same_initial_weights_and_first_epoch(tmp_path):
@@ -142,8 +142,8 @@ def test_help_lists_commands_without_importing_tensorflow():
 
 def test_write_json_handles_numpy_arrays_and_scalars(tmp_path):
     path = str(tmp_path / "x.json")
-    training.write_json(path, {"a": np.arange(3), "b": np.float32(1.5), "c": np.int64(2)})
-    assert training.read_json(path) == {"a": [0, 1, 2], "b": 1.5, "c": 2}
+    runs.write_json(path, {"a": np.arange(3), "b": np.float32(1.5), "c": np.int64(2)})
+    assert runs.read_json(path) == {"a": [0, 1, 2], "b": 1.5, "c": 2}
 
 
 def test_lr_plateau_counters_survive_a_restart(tmp_path):
@@ -236,7 +236,7 @@ def test_weight_decay_composes_with_lobster_whose_sensitivity_uses_the_raw_gradi
     assert not np.allclose(_weights(model), decayed, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", sorted(training._optimizer_classes()))
+@pytest.mark.parametrize("name", sorted(optimizers.optimizer_classes()))
 def test_weight_decay_adds_wd_times_w_to_the_gradient_of_every_optimizer(name):
     """For every optimizer make_optimizer builds: stepping with decay on g equals the plain
     optimizer stepping on g + wd * w (two steps, so slot variables carry the decay)."""
@@ -282,10 +282,10 @@ def test_a_run_folder_from_before_weight_decay_resumes_as_weight_decay_zero(tmp_
     out.mkdir()
     old = dataclasses.asdict(small(epochs=1))
     del old["weight_decay"]  # config.json as kerasprune wrote it before the setting existed
-    training.write_json(str(out / paths.CONFIG), old)
-    (out / paths.HISTORY).write_text("epoch,loss\n0,1.0\n")  # an epoch was finished (else: restart)
+    runs.write_json(str(out / runs.CONFIG), old)
+    (out / runs.HISTORY).write_text("epoch,loss\n0,1.0\n")  # an epoch was finished (else: restart)
     with pytest.raises(KerasPruneError, match=r"another configuration \(weight_decay: 0.0 -> 0.0001\)"):
         training.train(small(epochs=1, weight_decay=1e-4), str(out))
-    (out / paths.HISTORY).unlink()  # the stand-in row would not match the real history's columns
+    (out / runs.HISTORY).unlink()  # the stand-in row would not match the real history's columns
     assert training.train(small(epochs=1), str(out))["epochs_completed"] == 1
-    assert training.read_json(str(out / paths.CONFIG))["weight_decay"] == 0.0
+    assert runs.read_json(str(out / runs.CONFIG))["weight_decay"] == 0.0

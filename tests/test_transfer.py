@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from kerasprune import cli, config, models, paths, training, transfer
+from kerasprune import cli, config, models, runs, training, transfer
 from kerasprune._keras import keras
 from kerasprune.errors import KerasPruneError
 
@@ -46,8 +46,8 @@ def pruned_source(dense_source, tmp_path_factory):
         model.get_layer(layer).set_weights([np.where(zeros[f"{layer}/kernel"], 0, kernel),
                                             np.where(zeros[f"{layer}/bias"], 0, bias)])
     model.save_weights(str(out / transfer.FINAL_WEIGHTS))
-    config = training.read_json(os.path.join(dense_source, paths.CONFIG))
-    training.write_json(str(out / paths.CONFIG), config)
+    config = runs.read_json(os.path.join(dense_source, runs.CONFIG))
+    runs.write_json(str(out / runs.CONFIG), config)
     return str(out), zeros
 
 
@@ -141,13 +141,13 @@ def test_a_source_of_another_input_shape_is_a_one_line_error(tmp_path, capsys):
     source = tmp_path / "cifar_source"
     source.mkdir()
     models.build("lenet300", input_shape=(32, 32, 3), seed=0).save_weights(str(source / transfer.FINAL_WEIGHTS))
-    training.write_json(str(source / paths.CONFIG), {"model": "lenet300", "dataset": "cifar10"})
+    runs.write_json(str(source / runs.CONFIG), {"model": "lenet300", "dataset": "cifar10"})
     out = tmp_path / "t"
     code = cli.main(["transfer", "--source", str(source), "--out", str(out)] + TARGET_FLAGS)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "takes inputs of shape (32, 32, 3)" in err and "(28, 28, 1)" in err
-    assert not (out / paths.CONFIG).exists()
+    assert not (out / runs.CONFIG).exists()
 
 
 def test_cli_runs_end_to_end_returns_at_once_when_rerun_and_refuses_other_settings(
@@ -155,20 +155,20 @@ def test_cli_runs_end_to_end_returns_at_once_when_rerun_and_refuses_other_settin
     out = str(tmp_path / "run")
     argv = ["transfer", "--source", pruned_source[0], "--shots", "5", "--out", out] + TARGET_FLAGS
     assert cli.main(argv) == 0
-    metrics = json.loads(open(os.path.join(out, paths.METRICS)).read())
+    metrics = json.loads(open(os.path.join(out, runs.METRICS)).read())
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["epochs_completed"] == 1
     assert metrics["train_examples"] == 50 and metrics["shots"] == 5
     assert metrics["psp"]["examples"] == 200 and metrics["psp_entropy_1"] > 0 and metrics["psp_entropy_2"] > 0
     assert os.path.isfile(os.path.join(metrics["saved_model"], "saved_model.pb"))
-    assert os.listdir(os.path.join(out, paths.TENSORBOARD))
-    history = open(os.path.join(out, paths.HISTORY)).read()
+    assert os.listdir(os.path.join(out, runs.TENSORBOARD))
+    history = open(os.path.join(out, runs.HISTORY)).read()
     assert "test_accuracy" in capsys.readouterr().out
 
     start = time.time()
     assert cli.main(argv) == 0
     assert time.time() - start < 5
     assert "already finished" in capsys.readouterr().out
-    assert open(os.path.join(out, paths.HISTORY)).read() == history
+    assert open(os.path.join(out, runs.HISTORY)).read() == history
 
     assert cli.main(argv + ["--lr", "0.05"]) == 2
     assert "another configuration (lr: 0.1 -> 0.05)" in capsys.readouterr().err
@@ -181,7 +181,7 @@ def test_lobster_sources_need_a_finished_point(dense_source, tmp_path):
     (run / "points").mkdir(parents=True)
     model = transfer.load_source(transfer.describe_source(dense_source))
     model.save_weights(str(run / weights_name(0)))
-    training.write_json(str(run / paths.CONFIG), {"model": "lenet300", "dataset": "mnist"})
+    runs.write_json(str(run / runs.CONFIG), {"model": "lenet300", "dataset": "mnist"})
     write_points(str(run), [{"point": 0, "pruned_params_pct": 0.0, "test_error": 0.2, "weights": weights_name(0)},
                             {"point": 1, "pruned_params_pct": 50.0, "weights": weights_name(1)}])
     with pytest.raises(KerasPruneError, match=r"choose an operating point with --point N \(finished points: \[0\]\)"):
@@ -197,7 +197,7 @@ def test_lobster_sources_need_a_finished_point(dense_source, tmp_path):
 
 
 def test_replace_head_on_a_saved_model_source_is_seeded_and_shares_the_body(dense_source):
-    saved = training.read_json(os.path.join(dense_source, paths.METRICS))["saved_model"]
+    saved = runs.read_json(os.path.join(dense_source, runs.METRICS))["saved_model"]
     info = transfer.describe_source(saved)
     assert info.kind == "saved_model"
     source = transfer.load_source(info)

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from kerasprune import data, training  # noqa: E402
+from kerasprune import data, runs, training  # noqa: E402
 from kerasprune._keras import keras  # noqa: E402
 from kerasprune.lobster import load_operating_point, read_operating_points  # noqa: E402
 from kerasprune.lobster import points  # noqa: E402
@@ -23,7 +23,7 @@ from kerasprune.lobster import points  # noqa: E402
 
 def main(run_dir, prefix):
     rows = read_operating_points(run_dir)
-    config = training.read_json(os.path.join(run_dir, "config.json"))
+    config = runs.read_json(os.path.join(run_dir, runs.CONFIG))
     missing = [r for r in rows if math.isnan(r["test_error"])]
     if missing:
         splits = data.load(config["dataset"], data_dir=config.get("data_dir"),

@@ -29,6 +29,7 @@ import time
 import warnings
 from typing import Optional, Tuple
 
+from kerasprune import runs
 from kerasprune.errors import KerasPruneError
 
 # The two presets of the sizes: FULL is the default, QUICK (``AnalysisConfig.quick()``,
@@ -173,15 +174,14 @@ def _key(*parts):
 def _cached(path, key, compute):
     """Result of ``compute()``, stored at ``path`` with ``key``; reused when the key matches."""
     from kerasprune.distribute import is_chief
-    from kerasprune.training import read_json, write_json
 
     if os.path.isfile(path):
-        saved = read_json(path)
+        saved = runs.read_json(path)
         if saved.get("key") == key:
             return saved["value"]
     value = compute()
     if is_chief():
-        write_json(path, {"key": key, "value": value})
+        runs.write_json(path, {"key": key, "value": value})
     return json.loads(json.dumps(value, default=_plain))
 
 
@@ -394,7 +394,7 @@ def compare(config, g, oneshot, out, data=None, verbose="auto"):
     from kerasprune.analysis import landscape, plots
     from kerasprune.analysis import psp as psp_module
     from kerasprune.distribute import get_strategy, is_chief
-    from kerasprune.training import _verbosity, write_json
+    from kerasprune.training import _verbosity
 
     if not isinstance(config, AnalysisConfig):
         raise KerasPruneError(f"config must be an AnalysisConfig, got {type(config).__name__}")
@@ -478,7 +478,7 @@ def compare(config, g, oneshot, out, data=None, verbose="auto"):
     }
     analysis = json.loads(json.dumps(analysis, default=_plain))  # numpy -> lists and floats
     if is_chief():
-        write_json(os.path.join(out, "analysis.json"), analysis)
+        runs.write_json(os.path.join(out, "analysis.json"), analysis)
         write_tensorboard(os.path.join(out, "tensorboard"), analysis, figures)
     return analysis
 

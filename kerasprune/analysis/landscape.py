@@ -25,7 +25,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from kerasprune import sparsity
+from kerasprune import runs, sparsity
 from kerasprune._keras import keras, tf
 from kerasprune.analysis import psp as psp_lib
 from kerasprune.errors import KerasPruneError
@@ -202,6 +202,5 @@ def evaluate_grid(model_g, plane, alphas, betas, train_data, test_data, second_o
 
 
 def _save_state(path, key, done, maps):
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, key=key, done=done, **maps)
-    os.replace(tmp, path)
+    with runs.atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, key=key, done=done, **maps)

@@ -42,18 +42,13 @@ import numpy as np
 
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
-from kerasprune.pure.psp import (PSP_CONVENTIONS, REFERENCE_CLAMP, PSPStats, _check_convention,  # noqa: F401
-                                 _joint_entropy, _pair_sample, _plogp, _present, binary_entropy,
+from kerasprune.pure.psp import (LINEAR_ACTIVATIONS, PSP_CONVENTIONS, PSP_LAYERS_ATTR,  # noqa: F401
+                                 REFERENCE_CLAMP, PSPStats, _check_convention, _joint_entropy, _pair_sample,
+                                 _plogp, _present, activation_name, binary_entropy, capture_plan, find_relus,
                                  neuron_class_entropy, pair_plan, psp_entropy_first_order,
-                                 psp_entropy_second_order, psp_l2, stats_from_totals)
+                                 psp_entropy_second_order, psp_l2, psp_layer_names, stats_from_totals)
 
-PSP_LAYERS_ATTR = "_kerasprune_psp_layers"
-_LINEAR = ("linear", None)
 _ACTIVATION_LAYERS = ("ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax")
-
-
-def _activation_name(fn):
-    return getattr(fn, "__name__", type(fn).__name__)
 
 
 # Functions that, called on a Keras tensor, make a TFOpLambda (``tf.nn.relu(x)``) or that people
@@ -80,7 +75,7 @@ def _is_plain_relu(layer):
         return (layer.max_value is None and float(layer.negative_slope) == 0.0
                 and float(layer.threshold) == 0.0)
     if isinstance(layer, keras.layers.Activation):
-        return _activation_name(layer.activation) == "relu"
+        return activation_name(layer.activation) == "relu"
     fn = _op_function(layer)
     # Lambda(..., arguments={...}) or keyword arguments of a TFOpLambda could change the ReLU
     # (alpha, max_value, threshold), so only the bare call counts.
@@ -100,35 +95,29 @@ def relu_layers(model, skip_non_relu=False):
         raise KerasPruneError(f"model {model.name!r} is subclassed; PSPs need a functional or "
                               "Sequential model (a graph whose ReLU inputs are tensors)")
     outputs = {id(t) for t in model.outputs}
-    found, opaque = [], []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            raise KerasPruneError(f"layer {layer.name!r} is a nested model; build the model as one flat "
-                                  "functional graph to read its PSPs")
-        if _is_plain_relu(layer):
-            found.append(layer)
-            continue
+    opaque = []  # layers that may apply an activation PSP analysis cannot see (a warning, not an error)
+
+    def hidden_activation(layer):
         is_output = any(id(t) in outputs for node in layer._inbound_nodes
                         for t in tf.nest.flatten(node.output_tensors))
         fused = getattr(layer, "activation", None)
         kind = type(layer).__name__
         op = _op_function(layer)
         if op is not None:
-            fused = op if _activation_name(op) in _OTHER_ACTIVATIONS or any(op is f for f in _RELU_FUNCTIONS) else None
-            if fused is None and (kind == "Lambda" or _activation_name(op) in _MAYBE_ACTIVATIONS):
+            fused = op if activation_name(op) in _OTHER_ACTIVATIONS or any(op is f for f in _RELU_FUNCTIONS) else None
+            if fused is None and (kind == "Lambda" or activation_name(op) in _MAYBE_ACTIVATIONS):
                 opaque.append(layer.name)
         non_relu = (kind in _ACTIVATION_LAYERS or
-                    (fused is not None and _activation_name(fused) not in _LINEAR))
-        if non_relu and not is_output and not skip_non_relu:
-            what = _activation_name(fused) if fused is not None else kind
-            hint = (" fused into the layer (keep ReLU as its own layer)"
-                    if not isinstance(layer, keras.layers.Activation) and fused is not None and op is None
-                    else "")
-            raise KerasPruneError(f"layer {layer.name!r} ({kind}) has a non-ReLU or fused activation "
-                                  f"{what!r}{hint}; PSP analysis needs separate ReLU layers "
-                                  "(pass skip_non_relu=True to ignore such layers)")
-    if not found:
-        raise KerasPruneError(f"model {model.name!r} has no ReLU layer: nothing to analyse")
+                    (fused is not None and activation_name(fused) not in LINEAR_ACTIVATIONS))
+        if not non_relu or is_output:
+            return None
+        hint = (" fused into the layer (keep ReLU as its own layer)"
+                if not isinstance(layer, keras.layers.Activation) and fused is not None and op is None else "")
+        what = activation_name(fused) if fused is not None else kind
+        return f"{what!r}{hint}"
+
+    found = find_relus(model.name, model.layers, lambda layer: isinstance(layer, keras.Model), _is_plain_relu,
+                       hidden_activation, skip_non_relu)
     if opaque:
         warnings.warn(f"PSP analysis cannot tell whether the layers {opaque} of model {model.name!r} "
                       "(Lambda, or ops such as tf.maximum) apply an activation: a ReLU written that way is "
@@ -152,15 +141,10 @@ def psp_model(model, skip_non_relu=False):
     return sub
 
 
-def psp_layer_names(sub_model):
-    return list(getattr(sub_model, PSP_LAYERS_ATTR))
-
-
-def _output_name(sub, names):
+def _output_layer(sub):
     """Name of the layer producing the model's output (the key of its counts in ``positive``)."""
     history = getattr(sub.outputs[0], "_keras_history", None)
-    name = history.layer.name if history is not None else "output"
-    return f"{name}:output" if name in names else name
+    return history.layer.name if history is not None else "output"
 
 
 def psp_statistics(model, dataset, num_classes=None, first_order=True, second_order=False,
@@ -180,14 +164,11 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
       :class:`PSPStats`.
     """
     sub = psp_model(model, skip_non_relu)
-    names = psp_layer_names(sub)
-    num_classes = num_classes or int(sub.outputs[0].shape[-1])
-    shapes = {n: tuple(int(d) for d in t.shape[1:]) for n, t in zip(names, sub.outputs[1:])}
-    units = {n: int(np.prod(s)) for n, s in shapes.items()}
-    output_name = _output_name(sub, names)
-    output_units = int(np.prod(sub.outputs[0].shape[1:]))
-    second_order = second_order and first_order
-    pairs = pair_plan(names, units, second_order, max_exact_units, pair_samples, seed)
+    plan = capture_plan(psp_layer_names(sub), [t.shape for t in sub.outputs], _output_layer(sub), num_classes,
+                        first_order, second_order, max_exact_units, pair_samples, seed)
+    names, units, num_classes, second_order, pairs = (plan.names, plan.units, plan.num_classes,
+                                                      plan.second_order, plan.pairs)
+    output_units = int(np.prod(plan.output_shape))
     pair_index = {n: tf.constant(p, tf.int32) for n, p in pairs.items() if p is not None}
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
@@ -238,5 +219,4 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
         for key, value in per_replica.items():
             value = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy()
             totals[key] = totals[key] + value if key in totals else value.astype(np.float64)
-    return stats_from_totals(totals, names, shapes, num_classes, first_order, second_order, pairs, output_name,
-                             tuple(int(d) for d in sub.outputs[0].shape[1:]))
+    return plan.stats(totals)

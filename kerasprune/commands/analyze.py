@@ -7,7 +7,7 @@ from the flags and prints a summary.
 import json
 import os
 
-from kerasprune import paths
+from kerasprune import runs
 from kerasprune.analysis.compare import EIGEN_METHODS, FULL, QUICK  # no TensorFlow at import
 from kerasprune.commands import _common
 from kerasprune.errors import KerasPruneError
@@ -102,10 +102,9 @@ def resolve_model_path(path):
         raise KerasPruneError("give --g and --oneshot, or --sweep")
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    metrics = paths.run_file(path, paths.METRICS)
+    metrics = runs.finished_marker(path, "train")  # a transfer run records its SavedModel alike
     if os.path.isfile(metrics):
-        with open(metrics) as f:
-            saved = json.load(f).get("saved_model")
+        saved = runs.read_json(metrics).get("saved_model")
         for candidate in (saved, saved and os.path.join(path, saved)):
             if candidate and os.path.isfile(os.path.join(candidate, "saved_model.pb")):
                 return candidate
@@ -114,11 +113,10 @@ def resolve_model_path(path):
 
 
 def resolve_sweep(sweep_dir):
-    exports = os.path.join(sweep_dir, paths.EXPORTS)
+    exports = os.path.join(sweep_dir, runs.EXPORTS)
     if not os.path.isfile(exports):
         raise KerasPruneError(f"{exports} does not exist: has the sweep finished its exports?")
-    with open(exports) as f:
-        info = json.load(f)
+    info = runs.read_json(exports)
     out = {}
     for key in ("g", "oneshot"):
         if not info.get(key):
@@ -132,12 +130,11 @@ def recorded_dataset(path):
     """The dataset a model's folder records: its run's ``config.json``, or the ``sweep_config.json``
     of the sweep it was exported from (``SWEEP/exports/g``); None when nothing says."""
     path = os.path.abspath(path)
-    for folder, name in ((path, paths.CONFIG), (path, paths.SWEEP_CONFIG),
-                         (os.path.dirname(os.path.dirname(path)), paths.SWEEP_CONFIG)):
+    for folder, name in ((path, runs.CONFIG), (path, runs.SWEEP_CONFIG),
+                         (os.path.dirname(os.path.dirname(path)), runs.SWEEP_CONFIG)):
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
-            with open(candidate) as f:
-                return json.load(f).get("dataset")
+            return runs.read_json(candidate).get("dataset")
     return None
 
 

@@ -49,14 +49,13 @@ def add_arguments(parser):
 
 def find_runs(root):
     """Run folders at or below ``root`` (folders with a config.json and something to export)."""
-    from kerasprune import paths
-    from kerasprune.export import LOBSTER_POINTS, ONESHOT_FINAL
+    from kerasprune import runs
 
     found = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        if paths.CONFIG in files and (LOBSTER_POINTS in files or ONESHOT_FINAL in files
-                                      or os.path.isfile(os.path.join(folder, paths.BEST_WEIGHTS))):
+        if runs.CONFIG in files and (runs.POINTS_CSV in files or runs.FINAL_WEIGHTS in files
+                                     or os.path.isfile(os.path.join(folder, runs.BEST_WEIGHTS))):
             found.append(folder)
     return found
 

@@ -66,14 +66,14 @@ def run(args):
     import shlex
     import sys
 
-    from kerasprune import paths, report, results
+    from kerasprune import report, results, runs
     from kerasprune.errors import KerasPruneError
 
     if args.plot_only:
-        table = os.path.join(args.out, paths.RESULTS)
+        table = os.path.join(args.out, runs.RESULTS)
         if not os.path.isfile(table):
             raise KerasPruneError(f"{table} does not exist: run the sweep first")
-        print(report.figure1(results.read(table), os.path.join(args.out, paths.FIGURE1)))
+        print(report.figure1(results.read(table), os.path.join(args.out, runs.FIGURE1)))
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = cores if args.jobs == "auto" else args.jobs

@@ -17,12 +17,12 @@ from kerasprune.errors import KerasPruneError
 from kerasprune.keras3 import sparsity
 from kerasprune.pure.eigen import (EigenConvergenceWarning, EigenResult, FlatOperator, arpack,  # noqa: F401
                                    hutchinson, lanczos, power_iteration, solver)
-from kerasprune.pure.psp import (PSP_CONVENTIONS, REFERENCE_CLAMP, PSPStats, add_totals,  # noqa: F401
-                                 batch_totals, binary_entropy, neuron_class_entropy, pair_plan,
-                                 psp_entropy_first_order, psp_entropy_second_order, psp_l2, stats_from_totals)
+from kerasprune.pure.psp import (LINEAR_ACTIVATIONS, PSP_CONVENTIONS, PSP_LAYERS_ATTR,  # noqa: F401
+                                 REFERENCE_CLAMP, PSPStats, activation_name, add_totals, batch_totals,
+                                 binary_entropy, capture_plan, find_relus, neuron_class_entropy, pair_plan,
+                                 psp_entropy_first_order, psp_entropy_second_order, psp_l2, psp_layer_names,
+                                 stats_from_totals)
 
-PSP_LAYERS_ATTR = "_kerasprune_psp_layers"
-_LINEAR = ("linear", None)
 _ACTIVATION_LAYERS = ("ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Softmax")
 # keras.ops activations, which appear in a functional graph as operations (not layers).
 _ACTIVATION_OPS = ("Relu6", "Sigmoid", "Softplus", "Softsign", "Silu", "LeakyRelu", "HardSigmoid", "Elu",
@@ -38,15 +38,11 @@ def _graph(model):
     return graph
 
 
-def _activation_name(fn):
-    return getattr(fn, "__name__", type(fn).__name__)
-
-
 def _is_plain_relu(op):
     if isinstance(op, keras.layers.ReLU):
         return op.max_value is None and float(op.negative_slope) == 0.0 and float(op.threshold) == 0.0
     if isinstance(op, keras.layers.Activation):
-        return _activation_name(op.activation) == "relu"
+        return activation_name(op.activation) == "relu"
     return type(op).__name__ == "Relu"  # keras.ops.relu(x) in a functional graph
 
 
@@ -55,27 +51,19 @@ def relu_layers(model, skip_non_relu=False):
     order; a hidden non-ReLU activation is an error unless ``skip_non_relu`` (as Keras 2's)."""
     graph = _graph(model)
     outputs = {id(t) for t in graph.outputs}
-    found = []
-    for op in graph.operations:
-        if isinstance(op, keras.Model):
-            raise KerasPruneError(f"layer {op.name!r} is a nested model; build the model as one flat "
-                                  "functional graph to read its PSPs")
-        if _is_plain_relu(op):
-            found.append(op)
-            continue
+
+    def hidden_activation(op):
         kind = type(op).__name__
         is_output = any(id(t) in outputs for node in op._inbound_nodes for t in node.output_tensors)
         fused = getattr(op, "activation", None)
         non_relu = (kind in _ACTIVATION_LAYERS or kind in _ACTIVATION_OPS
-                    or (fused is not None and _activation_name(fused) not in _LINEAR))
-        if non_relu and not is_output and not skip_non_relu:
-            what = _activation_name(fused) if fused is not None else kind
-            raise KerasPruneError(f"layer {op.name!r} ({kind}) has a non-ReLU or fused activation {what!r}; "
-                                  "PSP analysis needs separate ReLU layers (pass skip_non_relu=True to "
-                                  "ignore such layers)")
-    if not found:
-        raise KerasPruneError(f"model {model.name!r} has no ReLU layer: nothing to analyse")
-    return found
+                    or (fused is not None and activation_name(fused) not in LINEAR_ACTIVATIONS))
+        if not non_relu or is_output:
+            return None
+        return repr(activation_name(fused) if fused is not None else kind)
+
+    return find_relus(model.name, graph.operations, lambda op: isinstance(op, keras.Model), _is_plain_relu,
+                      hidden_activation, skip_non_relu)
 
 
 def psp_model(model, skip_non_relu=False):
@@ -94,14 +82,9 @@ def psp_model(model, skip_non_relu=False):
     return sub
 
 
-def psp_layer_names(sub_model):
-    return list(getattr(sub_model, PSP_LAYERS_ATTR))
-
-
-def _output_name(sub, names):
+def _output_layer(sub):
     history = getattr(sub.outputs[0], "_keras_history", None)
-    name = history.operation.name if history is not None else "output"
-    return f"{name}:output" if name in names else name
+    return history.operation.name if history is not None else "output"
 
 
 def _batches(data, batch_size):
@@ -119,19 +102,14 @@ def psp_statistics(model, data, num_classes=None, first_order=True, second_order
     PSPs, in inference mode; arguments and result (:class:`PSPStats`) as Keras 2's
     :func:`kerasprune.analysis.psp_statistics`."""
     sub = psp_model(model, skip_non_relu)
-    names = psp_layer_names(sub)
-    num_classes = num_classes or int(sub.outputs[0].shape[-1])
-    shapes = {n: tuple(int(d) for d in t.shape[1:]) for n, t in zip(names, sub.outputs[1:])}
-    units = {n: int(np.prod(s)) for n, s in shapes.items()}
-    second_order = second_order and first_order
-    pairs = pair_plan(names, units, second_order, max_exact_units, pair_samples, seed)
+    plan = capture_plan(psp_layer_names(sub), [t.shape for t in sub.outputs], _output_layer(sub), num_classes,
+                        first_order, second_order, max_exact_units, pair_samples, seed)
     totals = {}
     for x, y in _batches(data, batch_size):
         outs = [keras.ops.convert_to_numpy(t) for t in sub(x, training=False)]
-        add_totals(totals, batch_totals(outs[0], outs[1:], np.asarray(y), names, num_classes, first_order,
-                                        second_order, pairs))
-    return stats_from_totals(totals, names, shapes, num_classes, first_order, second_order, pairs,
-                             _output_name(sub, names), tuple(int(d) for d in sub.outputs[0].shape[1:]))
+        add_totals(totals, batch_totals(outs[0], outs[1:], np.asarray(y), plan.names, plan.num_classes,
+                                        first_order, plan.second_order, plan.pairs))
+    return plan.stats(totals)
 
 
 # -- Hessian ----------------------------------------------------------------------------------------

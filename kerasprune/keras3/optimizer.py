@@ -9,27 +9,22 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasprune.keras3.sparsity import DEFAULT_KINDS, check_kinds
+from kerasprune.keras3.sparsity import DEFAULT_KINDS
+from kerasprune.pure.optimizer import LobsterOptimizerBase, check_lobster_arguments
 
-# Variable names that identify each parameter kind when the callback has not named the prunable
-# variables (:meth:`Lobster.set_prunable`).
-_KIND_NAMES = {"kernel": ("kernel",), "bias": ("bias",), "norm": ("gamma", "beta")}
 _BASE_ONLY = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "gradient_accumulation_steps")
 
 
 @keras.saving.register_keras_serializable(package="kerasprune")
-class Lobster(keras.optimizers.Optimizer):
+class Lobster(LobsterOptimizerBase, keras.optimizers.Optimizer):
     """Wraps a Keras 3 optimizer with LOBSTER's loss-based sensitivity regulariser and pruning masks.
 
-    Each step, with ``g`` the (replica-aggregated) mini-batch gradient of parameter ``w``:
-
-        w <- base_step(w, g)                          # e.g. w - lr * g for plain SGD
-        w <- w - lmbda * w * max(0, 1 - |g|)          # lmbda is NOT multiplied by the lr
-        w <- w * mask                                 # pruned parameters stay exactly zero
-
-    The last two lines apply to the prunable parameters only (Dense/Conv kernels and biases and
-    BatchNorm gamma/beta; :class:`~kerasprune.keras3.LobsterPruning` names them). The wrapper shares
-    the base's step counter and learning rate, so schedules and ``ReduceLROnPlateau`` work unchanged.
+    Each step is Keras 2's (:class:`kerasprune.lobster.Lobster`): the base optimizer's step, then
+    ``w <- w * mask * (1 - lmbda * max(0, 1 - |g|))`` (``lmbda`` not multiplied by the learning rate)
+    with ``g`` the mini-batch gradient, on the prunable parameters only (Dense/Conv kernels and biases
+    and BatchNorm gamma/beta; :class:`~kerasprune.keras3.LobsterPruning` names them). The wrapper
+    shares the base's step counter and learning rate, so schedules and ``ReduceLROnPlateau`` work
+    unchanged.
     Masks, the best weights to rewind to and the pruning schedule's state are optimizer variables, so
     ``model.save("x.keras")`` keeps them and ``keras.models.load_model`` restores them.
 
@@ -61,9 +56,7 @@ class Lobster(keras.optimizers.Optimizer):
         if own:
             raise ValueError(f"the base optimizer sets {', '.join(own)}, which only the wrapper applies; "
                              "pass them to Lobster instead")
-        if lmbda < 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
-        self.kinds = check_kinds(kinds)
+        self.kinds = check_lobster_arguments(lmbda, kinds)
         self.base_optimizer = base_optimizer
         # One step counter and one learning rate, the base's: the wrapper's apply() increments the
         # counter once per step, and the base's schedule (or Adam's bias correction) reads it.
@@ -95,23 +88,7 @@ class Lobster(keras.optimizers.Optimizer):
         return self.add_variable((), initializer=keras.initializers.Constant(value), dtype=dtype,
                                  aggregation="only_first_replica", name=name)
 
-    # -- hyperparameters shared with the base optimizer ----------------------------------------
-    @property
-    def learning_rate(self):
-        return self.base_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        self.base_optimizer.learning_rate = value
-
-    @property
-    def lmbda(self):
-        return self._lmbda
-
-    @lmbda.setter
-    def lmbda(self, value):
-        self._lmbda.assign(value)
-
+    # -- hyperparameters shared with the base optimizer (learning_rate, lmbda: LobsterOptimizerBase) -
     @property
     def variables(self):
         """The wrapper's variables (lmbda, schedule state, masks, best weights) then the base's."""
@@ -145,7 +122,7 @@ class Lobster(keras.optimizers.Optimizer):
     def _is_prunable(self, variable):
         if self._prunable_paths is not None:
             return variable.path in self._prunable_paths
-        return any(variable.name in _KIND_NAMES[k] for k in self.kinds)
+        return self._is_kind(variable.name)
 
     def build(self, var_list):
         if self.built:
@@ -168,15 +145,6 @@ class Lobster(keras.optimizers.Optimizer):
                            for i, s in enumerate(self._rewound_shapes or [])]
         self.remember_best()
 
-    def prunable_variables(self):
-        """The model variables this optimizer regularises and masks (after ``build``)."""
-        return list(self._prunable_vars)
-
-    def mask_of(self, variable):
-        """The mask variable of a prunable ``variable`` (None if it is not prunable)."""
-        index = self._mask_index.get(self._var_key(variable))
-        return None if index is None else self.masks[index]
-
     # -- the update -----------------------------------------------------------------------------
     def update_step(self, gradient, variable, learning_rate):
         self.base_optimizer.update_step(gradient, variable, learning_rate)
@@ -196,35 +164,19 @@ class Lobster(keras.optimizers.Optimizer):
                                           ops.subtract(1.0, ops.multiply(lmbda, insensitivity))))
 
     # -- pruning state (called by the callback, between steps) ----------------------------------
-    def prune_below(self, threshold):
-        """Masks every prunable parameter with ``|w| < threshold`` (and zeros it) for good; returns
-        how many were newly pruned."""
-        newly = 0
-        for var, mask in zip(self._prunable_vars, self.masks):
-            value, old = ops.convert_to_numpy(var), ops.convert_to_numpy(mask)
-            # float64, as the search compares: a threshold rounding onto a magnitude cuts the same.
-            keep = (np.abs(value).astype(np.float64) >= threshold).astype(value.dtype) * old
-            newly += int(np.sum(old - keep))
-            mask.assign(keep)
-            var.assign(value * keep)
-        return newly
+    def _cut_below(self, var, mask, threshold):
+        value, old = ops.convert_to_numpy(var), ops.convert_to_numpy(mask)
+        # float64, as the search compares: a threshold rounding onto a magnitude cuts the same.
+        keep = (np.abs(value).astype(np.float64) >= threshold).astype(value.dtype) * old
+        return keep, value * keep, int(np.sum(old - keep))  # before the writes, which may share memory
 
     def reset_masks_from_weights(self):
         """Masks := (w != 0): adopts the zeros of loaded weights as pruned."""
         for var, mask in zip(self._prunable_vars, self.masks):
             mask.assign(ops.cast(ops.not_equal(var, 0), mask.dtype))
 
-    def remember_best(self):
-        """Stores the current weights (and the rewound state) as the ones to rewind to."""
-        for var, best in zip(self._all_vars(), self.best_weights + self.best_state):
-            best.assign(var)
-
-    def rewind_to_best(self):
-        for var, best in zip(self._all_vars(), self.best_weights + self.best_state):
-            var.assign(best)
-
-    def _all_vars(self):
-        return self._model_vars + list(self._rewound_state)
+    def _rewind_pairs(self):
+        return zip(self._model_vars + list(self._rewound_state), self.best_weights + self.best_state)
 
     def get_config(self):
         config = super().get_config()

@@ -8,11 +8,8 @@ import math
 import platform
 
 from kerasprune._keras import keras, tf
+from kerasprune.pure.optimizer import LobsterOptimizerBase, check_lobster_arguments
 from kerasprune.sparsity import DEFAULT_KINDS
-
-# Variable names that identify each parameter kind when no model tells the optimizer which
-# variables are prunable (see :meth:`Lobster.set_prunable`).
-_KIND_NAMES = {"kernel": ("kernel",), "bias": ("bias",), "norm": ("gamma", "beta")}
 
 
 def _xla_available():
@@ -20,7 +17,7 @@ def _xla_available():
 
 
 @keras.utils.register_keras_serializable(package="kerasprune")
-class Lobster(keras.optimizers.Optimizer):
+class Lobster(LobsterOptimizerBase, keras.optimizers.Optimizer):
     """Wraps a base optimizer with LOBSTER's loss-based sensitivity regulariser and pruning masks.
 
     Each step, with ``g`` the (replica-aggregated) mini-batch gradient of parameter ``w``:
@@ -65,13 +62,8 @@ class Lobster(keras.optimizers.Optimizer):
         if not isinstance(base_optimizer, keras.optimizers.Optimizer) or isinstance(base_optimizer, Lobster):
             raise ValueError("Lobster wraps a (non-legacy, non-Lobster) keras.optimizers.Optimizer, "
                              f"got {type(base_optimizer).__name__}")
-        if lmbda < 0:
-            raise ValueError(f"lmbda must be >= 0, got {lmbda}")
-        unknown = set(kinds) - set(DEFAULT_KINDS)
-        if unknown:
-            raise ValueError(f"unknown parameter kinds {sorted(unknown)}; valid: {DEFAULT_KINDS}")
+        self.kinds = check_lobster_arguments(lmbda, kinds)
         self.base_optimizer = base_optimizer
-        self.kinds = tuple(kinds)
         # One step counter for both: the base reads it (e.g. Adam's bias correction, schedules),
         # the wrapper's distributed apply increments it once per step.
         self._iterations = base_optimizer.iterations
@@ -102,23 +94,7 @@ class Lobster(keras.optimizers.Optimizer):
         self._variables.append(var)
         return var
 
-    # -- hyperparameters shared with the base optimizer ----------------------------------------
-    @property
-    def learning_rate(self):
-        return self.base_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, value):
-        self.base_optimizer.learning_rate = value
-
-    @property
-    def lmbda(self):
-        return self._lmbda
-
-    @lmbda.setter
-    def lmbda(self, value):
-        self._lmbda.assign(value)
-
+    # -- hyperparameters shared with the base optimizer (learning_rate, lmbda: LobsterOptimizerBase) -
     def _compute_current_learning_rate(self):
         self.base_optimizer._compute_current_learning_rate()
 
@@ -149,8 +125,7 @@ class Lobster(keras.optimizers.Optimizer):
     def _is_prunable(self, variable):
         if self._prunable_keys is not None:
             return self._var_key(variable) in self._prunable_keys
-        short = variable.name.split("/")[-1].split(":")[0]
-        return any(short in _KIND_NAMES[k] for k in self.kinds)
+        return self._is_kind(variable.name.split("/")[-1].split(":")[0])
 
     def build(self, var_list):
         super().build(var_list)
@@ -182,15 +157,6 @@ class Lobster(keras.optimizers.Optimizer):
         self._variables.append(mask)
         return mask
 
-    def mask_of(self, variable):
-        """The mask variable of a prunable ``variable`` (None if it is not prunable)."""
-        index = self._mask_index.get(self._var_key(variable))
-        return None if index is None else self.masks[index]
-
-    def prunable_variables(self):
-        """The model variables this optimizer regularises and masks (after ``build``)."""
-        return list(self._prunable_vars)
-
     # -- the update -----------------------------------------------------------------------------
     def update_step(self, gradient, variable):
         self.base_optimizer.update_step(gradient, variable)
@@ -221,38 +187,22 @@ class Lobster(keras.optimizers.Optimizer):
         for gradient, variable in zip(gradients, variables):
             self._update_step(gradient, variable)
 
-    def prune_below(self, threshold):
-        """Prunes (for good) every prunable parameter with ``|w| < threshold``; returns how many
-        parameters were newly pruned. Call in cross-replica context (e.g. from a callback)."""
-        newly = 0
-        for var, mask in zip(self._prunable_vars, self.masks):
-            # Compared in float64, as the threshold search does: a float32 T could round onto a
-            # magnitude and keep (or cut) one parameter the search evaluated the other way.
-            magnitude = tf.cast(tf.abs(tf.convert_to_tensor(var)), tf.float64)
-            keep = tf.cast(magnitude >= tf.constant(threshold, tf.float64), var.dtype) * mask
-            newly += int(tf.reduce_sum(mask - keep).numpy())
-            mask.assign(keep)
-            var.assign(var * keep)
-        return newly
+    def _cut_below(self, var, mask, threshold):
+        # Compared in float64, as the threshold search does: a float32 T could round onto a
+        # magnitude and keep (or cut) one parameter the search evaluated the other way.
+        magnitude = tf.cast(tf.abs(tf.convert_to_tensor(var)), tf.float64)
+        keep = tf.cast(magnitude >= tf.constant(threshold, tf.float64), var.dtype) * mask
+        return keep, var * keep, int(tf.reduce_sum(mask - keep).numpy())
 
     def reset_masks_from_weights(self):
         """Masks := (w != 0): adopts the zeros of loaded weights (e.g. an operating point) as pruned."""
         for var, mask in zip(self._prunable_vars, self.masks):
             mask.assign(tf.cast(tf.not_equal(var, 0), var.dtype))
 
-    def remember_best(self):
-        """Stores the current weights (and the :meth:`set_rewound_state` variables) as the ones to
-        rewind to (see :meth:`rewind_to_best`)."""
-        for var, best in zip(self._all_vars(), self.best_weights):
-            best.assign(var)
-
-    def rewind_to_best(self):
-        for var, best in zip(self._all_vars(), self.best_weights):
-            var.assign(best)
-
-    def _all_vars(self):
-        order = sorted(self._index_dict.items(), key=lambda kv: kv[1])
-        return [self._model_vars[key] for key, _ in order] + self._rewound_state
+    def _rewind_pairs(self):
+        order = sorted(self._index_dict.items(), key=lambda kv: kv[1])  # best_weights follow var_list
+        rewound = [self._model_vars[key] for key, _ in order] + self._rewound_state
+        return zip(rewound, self.best_weights)
 
     def get_config(self):
         config = super().get_config()

@@ -10,11 +10,14 @@ The table itself is read and written by :mod:`kerasprune.pure.points` (no Keras 
 import math
 import os
 
+from kerasprune import runs
+from kerasprune.config import RunSettings
+from kerasprune.errors import KerasPruneError
 from kerasprune.pure.points import (COLUMNS, POINTS_CSV, POINTS_DIR, _INTS, _fmt,  # noqa: F401
                                     finished_points, read_operating_points, save_weights_atomic,
                                     weights_name, write_points)
 
-PLOT = "progression.png"
+PLOT = runs.PROGRESSION_PLOT
 
 
 def weights_only_twin(model):
@@ -30,16 +33,13 @@ def weights_only_twin(model):
 
 def load_operating_point(run_dir, point):
     """The model of ``run_dir``'s config with operating point ``point``'s weights (uncompiled)."""
-    from kerasprune import data, models, paths
-    from kerasprune.errors import KerasPruneError
-    from kerasprune.training import read_json
+    from kerasprune import models
 
-    config = read_json(paths.run_file(run_dir, paths.CONFIG))
+    config = runs.read_config(run_dir, RunSettings)
     rows = {r["point"]: r for r in read_operating_points(run_dir)}
     if point not in rows:
         raise KerasPruneError(f"{run_dir} has no operating point {point}; it has {sorted(rows) or 'none'}")
-    spec = data.spec(config["dataset"], config.get("data_dir"))
-    model = models.build(config["model"], input_shape=spec.input_shape, num_classes=spec.num_classes)
+    model = models.build_for(config)
     path = os.path.join(run_dir, rows[point]["weights"])
     try:
         model.load_weights(path)
@@ -79,10 +79,9 @@ def plot_progression(run_dir, rows, title=""):
     fig.suptitle(title)
     fig.tight_layout()
     path = os.path.join(run_dir, PLOT)
-    tmp = os.path.join(run_dir, f".{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with runs.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -1,15 +1,13 @@
 """``run(LobsterConfig(...), out)``: a whole LOBSTER run in a resumable run folder."""
 import dataclasses
 import math
-import os
 from typing import Optional, Tuple
 
-from kerasprune import paths
+from kerasprune import runs
 from kerasprune.config import RunSettings
+from kerasprune.distribute import is_chief
 from kerasprune.errors import KerasPruneError
 from kerasprune.sparsity import DEFAULT_KINDS
-
-METRICS = paths.METRICS
 
 
 @dataclasses.dataclass
@@ -53,6 +51,8 @@ class LobsterConfig(RunSettings):
 
 # Fields a resumed run may change (more epochs), every other one must match the folder's config.
 _RESUMABLE = ("epochs",)
+# Folders from before these options existed ran kerasprune's first rule, with no stop.
+_LEGACY = {"threshold_search": "conservative", "stop_at_pruned": None}
 
 
 def run(config, out, verbose="auto"):
@@ -63,8 +63,7 @@ def run(config, out, verbose="auto"):
     killed run resumes (Keras ``BackupAndRestore``) when run again with the same config. One
     process at a time per folder (:func:`kerasprune.runs.exclusive`).
     """
-    from kerasprune import runs
-    from kerasprune.distribute import declare_strategy, is_chief
+    from kerasprune.distribute import declare_strategy
 
     declare_strategy(config.strategy)
     with runs.exclusive(out, enabled=is_chief()):
@@ -74,21 +73,13 @@ def run(config, out, verbose="auto"):
 def _run_in(config, out, verbose):
     from kerasprune import models, training
     from kerasprune._keras import keras
-    from kerasprune.distribute import get_strategy, is_chief, save_weights
+    from kerasprune.distribute import get_strategy, save_weights
     from kerasprune.lobster.callback import LobsterPruning
     from kerasprune.lobster.optimizer import Lobster
     from kerasprune.lobster.points import read_operating_points
 
-    config_path = paths.run_file(out, paths.CONFIG)
-    metrics_path = paths.run_file(out, METRICS)
-    if os.path.isfile(config_path):
-        saved = training.read_json(config_path)
-        # Folders from before the option existed ran kerasprune's first rule.
-        saved.setdefault("threshold_search", "conservative")
-        saved.setdefault("stop_at_pruned", None)
-        training.check_same_config(saved, dataclasses.asdict(config), out, _RESUMABLE)
-    if os.path.isfile(metrics_path):
-        done = training.read_json(metrics_path)
+    done = runs.start(out, config, "lobster", _RESUMABLE, legacy=_LEGACY)
+    if done is not None:
         if done.get("epochs_completed", -1) >= config.epochs or done.get("stopped_at_pruned"):
             print(f"{out}: already finished ({done['epochs_completed']} epochs); remove it to rerun")
             return read_operating_points(out)
@@ -97,16 +88,12 @@ def _run_in(config, out, verbose):
     strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
     splits = config.load_data(shuffle_seed=config.seed, eval_batch_size=1000)
-    os.makedirs(out, exist_ok=True)
-    if is_chief():  # after the data loaded: a failed first attempt does not pin a wrong config
-        training.write_json(config_path, dataclasses.asdict(config))
     with strategy.scope():
-        model = models.build(config.model, input_shape=splits.spec.input_shape,
-                             num_classes=splits.spec.num_classes, seed=config.seed)
+        model = models.build_for(config, seed=config.seed, dspec=splits.spec)
         base = config.make_optimizer()
         training.compile_model(model, Lobster(base, lmbda=config.lmbda, kinds=config.kinds))
     # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
-    save_weights(model, paths.run_file(out, paths.INITIAL_WEIGHTS), keep_existing=True)
+    save_weights(model, runs.run_file(out, runs.INITIAL_WEIGHTS), keep_existing=True)
     pruning = LobsterPruning(splits.validation, splits.test, pwe=config.pwe, twt=config.twt,
                              good_margin=config.good_margin, tolerance=config.tolerance,
                              kinds=config.kinds, run_dir=out, threshold_search=config.threshold_search,
@@ -114,7 +101,7 @@ def _run_in(config, out, verbose):
     callbacks = [pruning]
     if config.lr_plateau:
         callbacks.append(training.ResumableReduceLROnPlateau(
-            paths.run_file(out, "lr_plateau_state.json"), monitor="val_loss", factor=0.1, patience=10,
+            runs.run_file(out, runs.LR_PLATEAU_STATE), monitor="val_loss", factor=0.1, patience=10,
             cooldown=50, verbose=1))
     # No best-by-val-loss checkpoint: operating points already keep the best epoch of each level.
     history, seconds = training.fit_and_record(model, splits, out, config.epochs, callbacks, verbose,
@@ -130,5 +117,5 @@ def _run_in(config, out, verbose):
         "model": config.model, "dataset": config.dataset, "stopped_at_pruned": pruning.stopped_at_pruned,
     }
     if is_chief() and (len(history) >= config.epochs or pruning.stopped_at_pruned):
-        training.write_json(metrics_path, metrics)
+        runs.mark_finished(out, "lobster", metrics)
     return rows

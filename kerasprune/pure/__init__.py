@@ -5,6 +5,9 @@ Keras, so the Keras 3 side can use it without switching the process to ``tf_kera
 :mod:`kerasprune._keras` does). The Keras 2 modules re-export these names from their old places.
 
 Modules: ``schedule`` (LOBSTER's plateau rule and threshold search), ``points`` (the
-``operating_points.csv`` table), ``psp`` (PSP statistics to norms and entropies), ``eigen``
-(eigen-solvers and trace estimate on a matrix-free operator).
+``operating_points.csv`` table and its rows), ``callback`` (LobsterPruning's bookkeeping, as a mixin
+with a few hooks per Keras version), ``optimizer`` (what the two Lobster optimizers share besides the
+update), ``sparsity`` (parameter and neuron counts on kernel arrays, graph walks given a consumers
+function), ``psp`` (PSP capture plan, statistics to norms and entropies), ``eigen`` (eigen-solvers
+and trace estimate on a matrix-free operator).
 """

@@ -11,7 +11,8 @@ import csv
 import math
 import os
 
-from kerasprune.paths import POINTS_CSV, POINTS_DIR  # noqa: F401  (the names live with the others)
+from kerasprune import runs
+from kerasprune.runs import POINTS_CSV, POINTS_DIR  # noqa: F401  (the names live with the others)
 COLUMNS = ("point", "pruned_params_pct", "pruned_neurons_pct", "val_error", "val_loss", "test_error",
            "test_loss", "epoch", "weights", "pruned_params", "params", "pruned_neurons", "neurons",
            "threshold", "lr", "pruned_neurons_ref_pct", "pruned_neurons_ref", "neurons_ref")
@@ -24,16 +25,27 @@ def weights_name(point):
     return os.path.join(POINTS_DIR, f"point_{point:03d}.weights.h5")
 
 
+def point_row(level, epoch, report, val_loss, val_acc, threshold, lr):
+    """The row of level ``level``'s operating point at 0-based ``epoch``, its test metrics still NaN
+    (measured when the level ends); ``report`` is the model's sparsity report."""
+    return dict(point=level, pruned_params_pct=report.pruned_params_pct,
+                pruned_neurons_pct=report.pruned_neurons_pct,
+                val_error=math.nan if val_acc is None else 1.0 - val_acc, val_loss=val_loss,
+                test_error=math.nan, test_loss=math.nan, epoch=epoch + 1,
+                weights=weights_name(level), pruned_params=report.pruned_params,
+                params=report.params, pruned_neurons=report.pruned_neurons, neurons=report.neurons,
+                threshold=threshold, lr=lr,
+                pruned_neurons_ref_pct=report.pruned_neurons_ref_pct,
+                pruned_neurons_ref=report.pruned_neurons_ref, neurons_ref=report.neurons_ref)
+
+
 def write_points(run_dir, rows):
     """Writes all rows at once (temporary file + rename: a kill never leaves half a table)."""
-    path = os.path.join(run_dir, POINTS_CSV)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with runs.atomic_path(os.path.join(run_dir, POINTS_CSV)) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row.get(k)) for k in COLUMNS})
-    os.replace(tmp, path)
 
 
 def _fmt(value):
@@ -85,8 +97,7 @@ def save_weights_atomic(model, path, weights=None):
     slower and the file several times larger.
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.getpid()}.tmp.weights.h5")
     if weights is not None:
         model.set_weights(weights)
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    with runs.atomic_path(path, suffix=".weights.h5") as tmp:  # Keras picks the format by the suffix
+        model.save_weights(tmp)

@@ -16,6 +16,7 @@ from kerasprune.errors import KerasPruneError
 
 PSP_CONVENTIONS = ("kerasprune", "reference")
 REFERENCE_CLAMP = (1e-4, 0.9999)  # of p = P[z > 0 | c] in the authors' code
+PSP_LAYERS_ATTR = "_kerasprune_psp_layers"  # where a PSP sub-model keeps the names of its ReLUs
 
 
 @dataclasses.dataclass
@@ -64,6 +65,80 @@ def _pair_sample(units, count, rng):
     j = j + (j >= i)
     return np.stack([i, j], axis=1)
 
+
+
+LINEAR_ACTIVATIONS = ("linear", None)  # names of activations that leave a layer linear
+
+
+def activation_name(fn):
+    """``relu``, ``softmax``...: the name of an activation function (or of its class)."""
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def find_relus(model_name, operations, is_nested_model, is_plain_relu, hidden_activation, skip_non_relu):
+    """The ``operations`` (a model's layers, in graph order) that apply a plain ReLU.
+
+    One-line errors for a nested model, for a model without ReLU and, unless ``skip_non_relu``, for an
+    operation whose ``hidden_activation(op)`` names a hidden non-ReLU activation (None: there is none),
+    since the PSP state z > 0 is only meaningful for ReLU.
+    """
+    found = []
+    for op in operations:
+        if is_nested_model(op):
+            raise KerasPruneError(f"layer {op.name!r} is a nested model; build the model as one flat "
+                                  "functional graph to read its PSPs")
+        if is_plain_relu(op):
+            found.append(op)
+            continue
+        what = hidden_activation(op)
+        if what is not None and not skip_non_relu:
+            raise KerasPruneError(f"layer {op.name!r} ({type(op).__name__}) has a non-ReLU or fused activation "
+                                  f"{what}; PSP analysis needs separate ReLU layers (pass skip_non_relu=True to "
+                                  "ignore such layers)")
+    if not found:
+        raise KerasPruneError(f"model {model_name!r} has no ReLU layer: nothing to analyse")
+    return found
+
+
+def psp_layer_names(sub_model):
+    """The names of the ReLUs whose inputs a PSP sub-model (``psp_model``) returns after the logits."""
+    return list(getattr(sub_model, PSP_LAYERS_ATTR))
+
+
+@dataclasses.dataclass
+class CapturePlan:
+    """What one PSP pass records, from the sub-model's output shapes (see :func:`capture_plan`)."""
+
+    names: List[str]  # the ReLUs, in the sub-model's output order
+    shapes: Dict[str, Tuple[int, ...]]  # unit shape of each ReLU's input
+    units: Dict[str, int]
+    num_classes: int
+    first_order: bool
+    second_order: bool  # only with first_order
+    pairs: Dict[str, Optional[np.ndarray]]  # see pair_plan
+    output_name: str  # key of the logits' counts in PSPStats.positive
+    output_shape: Tuple[int, ...]  # unit shape of the logits
+
+    def stats(self, totals):
+        """The :class:`PSPStats` of a pass whose summed batch totals are ``totals``."""
+        return stats_from_totals(totals, self.names, self.shapes, self.num_classes, self.first_order,
+                                 self.second_order, self.pairs, self.output_name, self.output_shape, stacklevel=4)
+
+
+def capture_plan(names, output_shapes, output_layer, num_classes=None, first_order=True, second_order=False,
+                 max_exact_units=1024, pair_samples=20000, seed=0):
+    """The :class:`CapturePlan` of a sub-model with outputs ``[logits, z_1...]`` of shapes ``output_shapes``
+    (batch first) for the ReLUs ``names``; ``output_layer`` names the logits' layer. Arguments as
+    ``psp_statistics``; ``num_classes`` defaults to the number of logits."""
+    shapes = {n: tuple(int(d) for d in shape[1:]) for n, shape in zip(names, output_shapes[1:])}
+    units = {n: int(np.prod(s)) for n, s in shapes.items()}
+    second_order = second_order and first_order
+    return CapturePlan(
+        names=names, shapes=shapes, units=units, num_classes=num_classes or int(output_shapes[0][-1]),
+        first_order=first_order, second_order=second_order,
+        pairs=pair_plan(names, units, second_order, max_exact_units, pair_samples, seed),
+        output_name=f"{output_layer}:output" if output_layer in names else output_layer,
+        output_shape=tuple(int(d) for d in output_shapes[0][1:]))
 
 
 def pair_plan(names, units, second_order, max_exact_units, pair_samples, seed):
@@ -118,15 +193,16 @@ def add_totals(totals, batch):
 
 
 def stats_from_totals(totals, names, shapes, num_classes, first_order, second_order, pairs, output_name,
-                      output_shape):
-    """The :class:`PSPStats` of a whole pass from its summed batch totals (see :func:`batch_totals`)."""
+                      output_shape, stacklevel=3):
+    """The :class:`PSPStats` of a whole pass from its summed batch totals (see :func:`batch_totals`);
+    ``stacklevel`` points the warning about absent classes at the caller of ``psp_statistics``."""
     if not totals:
         raise KerasPruneError("the dataset is empty: no PSP statistics")
     absent = np.flatnonzero(totals["class"] == 0)
     if absent.size:  # the entropies sum over classes: fewer classes, smaller entropies
         warnings.warn(f"classes {absent.tolist()} have no example in the PSP data; the PSP-entropies "
                       "sum over the other classes only, so they do not compare with values over all "
-                      f"{num_classes} classes", stacklevel=3)
+                      f"{num_classes} classes", stacklevel=stacklevel)
     positive = {n: totals[f"pos{i}"] for i, n in enumerate(names)} if first_order else {}
     if first_order:
         positive[output_name] = totals["out_pos"]

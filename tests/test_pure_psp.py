@@ -1,0 +1,38 @@
+"""kerasprune.pure.psp: the capture plan and the ReLU search both Keras versions' PSP captures use."""
+import pytest
+
+from kerasprune.errors import KerasPruneError
+from kerasprune.pure import psp
+
+
+def test_capture_plan_from_the_sub_model_output_shapes():
+    plan = psp.capture_plan(["r1", "r2"], [(None, 10), (None, 4, 4, 3), (None, 20)], "dense", second_order=True,
+                            max_exact_units=30, pair_samples=5)
+    assert plan.shapes == {"r1": (4, 4, 3), "r2": (20,)} and plan.units == {"r1": 48, "r2": 20}
+    assert plan.num_classes == 10 and plan.output_name == "dense" and plan.output_shape == (10,)
+    assert plan.pairs["r1"].shape == (5, 2) and plan.pairs["r2"] is None  # 48 units > 30: sampled
+    # A ReLU producing the output is keyed apart; no second order without the first.
+    plan = psp.capture_plan(["r"], [(None, 3), (None, 3)], "r", num_classes=4, first_order=False, second_order=True)
+    assert plan.output_name == "r:output" and plan.num_classes == 4 and not plan.second_order and plan.pairs == {}
+
+
+class Op:
+    def __init__(self, name, relu=False, nested=False, activation=None):
+        self.name, self.relu, self.nested, self.activation = name, relu, nested, activation
+
+
+def find(ops, skip_non_relu=False):
+    return psp.find_relus("m", ops, lambda op: op.nested, lambda op: op.relu, lambda op: op.activation,
+                          skip_non_relu)
+
+
+def test_find_relus_keeps_graph_order_and_refuses_what_psps_cannot_read():
+    r1, r2 = Op("r1", relu=True), Op("r2", relu=True)
+    assert find([Op("d"), r1, Op("d2"), r2]) == [r1, r2]
+    with pytest.raises(KerasPruneError, match="'t' .* non-ReLU or fused activation 'tanh'"):
+        find([r1, Op("t", activation="'tanh'")])
+    assert find([r1, Op("t", activation="'tanh'")], skip_non_relu=True) == [r1]
+    with pytest.raises(KerasPruneError, match="nested model"):
+        find([Op("inner", nested=True)])
+    with pytest.raises(KerasPruneError, match="no ReLU layer"):
+        find([Op("d")])
