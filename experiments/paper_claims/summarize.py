@@ -30,7 +30,7 @@ COMPARABLE = 0.05  # C5: relative gap of first-order entropies still called comp
 CLAIMS = {
     "C2": ("training loss (5,000-image sample)", lambda a, m: a["performance"][m]["train_loss"], "lower"),
     "C3": ("mean of the top-5 Hessian eigenvalues", lambda a, m: statistics.fmean(a["hessian_top5"][m]), "higher"),
-    "C4": ("PSP L2 (mean z^2)", lambda a, m: a["psp_l2"][m], "lower"),
+    "C4": ("PSP L2 (mean z^2)", lambda a, m: a["psp_l2"][m]["overall"], "lower"),
     "C5": ("first-order PSP-entropy (bits)", lambda a, m: a["psp_entropy_1"][m]["overall"], "comparable"),
     "C6": ("second-order PSP-entropy (bits)", lambda a, m: a["psp_entropy_2"][m]["overall"], "higher"),
 }
