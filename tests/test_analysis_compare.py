@@ -17,6 +17,8 @@ compare_module = importlib.import_module("kerasprune.analysis.compare")  # analy
 ANALYSIS_KEYS = {"models", "settings", "conventions", "warnings", "hessian_top5", "hessian", "psp_l2",
                  "psp_entropy_1", "psp_entropy_2", "performance", "plane", "grid", "figures",
                  "seconds_this_session"}
+# analysis.json's conventions of the units at their defaults (docs/analysis.md, "The paper's units")
+DEFAULT_UNITS = {"train_loss": "mean", "psp_l2": "mean", "psp_entropy_aggregate": "neurons"}
 
 
 def test_presets_fill_the_sizes_left_unset_and_flags_override_them():
@@ -98,7 +100,8 @@ def test_compare_from_python_writes_the_analysis_and_a_second_call_reads_it_back
     assert result["models"] == {"g": None, "oneshot": os.path.abspath(dense_path)}
     assert result["settings"] == config.settings() and result["warnings"] == []
     assert result["conventions"] == {"psp_entropy": "kerasprune", "psp_entropy_2": "kerasprune",
-                                     "support": "union", "eigen_method": "lanczos", "hessian_parameters": "unpruned"}
+                                     "support": "union", "eigen_method": "lanczos", "hessian_parameters": "unpruned",
+                                     **DEFAULT_UNITS}
     for name in ("g", "oneshot"):
         top = result["hessian_top5"][name]
         assert len(top) == 2 and top == sorted(top, reverse=True) and top[0] > 0

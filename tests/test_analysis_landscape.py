@@ -14,6 +14,9 @@ from kerasprune import analysis, cli, data, models, training
 from kerasprune.analysis import landscape, plots
 from kerasprune.errors import KerasPruneError
 
+# analysis.json's conventions of the units at their defaults (docs/analysis.md, "The paper's units")
+DEFAULT_UNITS = {"train_loss": "mean", "psp_l2": "mean", "psp_entropy_aggregate": "neurons"}
+
 
 class KeepMask(keras.callbacks.Callback):
     """Re-zeroes pruned kernel entries after every step (a fixed-mask fine-tuning)."""
@@ -182,7 +185,8 @@ def test_analyze_command_writes_the_analysis_and_resumes(solutions, tmp_path, ca
     for key in ("hessian_top5", "psp_l2", "psp_entropy_1", "psp_entropy_2"):
         assert set(result[key]) == {"g", "oneshot"}
     assert result["conventions"] == {"psp_entropy": "kerasprune", "psp_entropy_2": "kerasprune",
-                                     "support": "union", "eigen_method": "lanczos", "hessian_parameters": "unpruned"}
+                                     "support": "union", "eigen_method": "lanczos", "hessian_parameters": "unpruned",
+                                     **DEFAULT_UNITS}
     assert result["warnings"] == [] and "WARNING" not in capsys.readouterr().out
     for name in ("g", "oneshot"):
         top = result["hessian_top5"][name]
@@ -221,7 +225,8 @@ def test_analyze_reference_entropy_arpack_and_a_warning_for_a_top_k_that_did_not
     printed = capsys.readouterr().out
     result = json.loads((out / "analysis.json").read_text())
     assert result["conventions"] == {"psp_entropy": "reference", "psp_entropy_2": "kerasprune", "support": "all",
-                                     "eigen_method": "lanczos", "hessian_parameters": "unpruned"}
+                                     "eigen_method": "lanczos", "hessian_parameters": "unpruned",
+                                     **DEFAULT_UNITS}
     for name in ("g", "oneshot"):  # 2 HVPs cannot meet tol 1e-3; ARPACK's one restart may
         for method in ("lanczos", "power"):
             assert not result["hessian"][name][method]["converged"]
@@ -238,6 +243,39 @@ def test_analyze_reference_entropy_arpack_and_a_warning_for_a_top_k_that_did_not
     stats = analysis.psp_statistics(g, train)
     assert point["psp_entropy_1"] == pytest.approx(
         analysis.psp_entropy_first_order(stats, convention="reference")["overall"], rel=1e-9)
+
+
+def test_analyze_records_the_unit_conventions_and_takes_the_hessian_on_the_whole_split(solutions, tmp_path,
+                                                                                      monkeypatch):
+    from kerasprune.commands import analyze
+
+    x, y = next(iter(solutions["splits"].validation.unbatch().batch(100)))  # skips reading MNIST again
+    xy, configs = (x.numpy(), y.numpy()), []
+    monkeypatch.setattr(analyze, "_samples", lambda config, data_dir: configs.append(config) or (xy, xy, xy))
+    out = tmp_path / "analysis"
+    argv = ["analyze", "--g", solutions["g"], "--oneshot", solutions["oneshot"], "--dataset", "mnist",
+            "--out", str(out), "--quick", "--grid", "2", "--hessian-examples", "all", "--pair-samples", "20",
+            "--top-k", "2", "--train-loss", "per-batch", "--loss-batch", "40", "--psp-l2", "sum-units",
+            "--psp-entropy-aggregate", "layers"]
+    assert cli.main(argv) == 0
+    assert configs[0].hessian_examples == "all"  # samples() then takes the whole split (test_analysis_conventions)
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["conventions"] == {"psp_entropy": "kerasprune", "psp_entropy_2": "kerasprune", "support": "union",
+                                     "eigen_method": "lanczos", "hessian_parameters": "unpruned",
+                                     "train_loss": "per-batch", "psp_l2": "sum-units",
+                                     "psp_entropy_aggregate": "layers"}
+    assert (result["settings"]["hessian_examples"], result["settings"]["loss_batch"]) == ("all", 40)
+    for name in ("g", "oneshot"):
+        assert result["hessian"][name]["examples"] == 100
+        l2 = result["psp_l2"][name]
+        assert set(l2["per_layer"]) == {"relu1", "relu2", "logits"}
+        assert l2["overall"] == pytest.approx(sum(l2["per_layer"].values()))
+        entropy = result["psp_entropy_1"][name]
+        assert entropy["overall"] == pytest.approx(np.mean(list(entropy["per_layer"].values())))
+    losses = keras.losses.sparse_categorical_crossentropy(xy[1], load(solutions["g"])(xy[0]), from_logits=True)
+    expected = sum(losses.numpy()[i:i + 40].mean() for i in (0, 40, 80)) / 100  # batches of 40, 40 and 20
+    assert result["performance"]["g"]["train_loss"] == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(np.asarray(result["grid"]["maps"]["train_loss"])).all()
 
 
 def test_analyze_reads_run_folders_and_sweep_exports(solutions, tmp_path):

@@ -1,4 +1,5 @@
 """kerasprune.pure.psp: the capture plan and the ReLU search both Keras versions' PSP captures use."""
+import numpy as np
 import pytest
 
 from kerasprune.errors import KerasPruneError
@@ -36,3 +37,15 @@ def test_find_relus_keeps_graph_order_and_refuses_what_psps_cannot_read():
         find([Op("inner", nested=True)])
     with pytest.raises(KerasPruneError, match="no ReLU layer"):
         find([Op("d")])
+
+
+def test_numpy_totals_give_the_sum_units_psp_l2_by_hand():
+    """The Keras 3 side's NumPy totals: hidden z = [1, -2], [3, 0] (E[z^2] = [5, 2]) and logits
+    [1, 0], [3, 0] ([5, 0]) give 7 + 5 = 12 in sum-units, and mean z^2 = 3.5 over the hidden values."""
+    plan = psp.capture_plan(["relu"], [(None, 2), (None, 2)], "logits", first_order=False)
+    totals = {}
+    psp.add_totals(totals, psp.batch_totals(np.array([[1.0, 0.0], [3.0, 0.0]]), [np.array([[1.0, -2.0], [3.0, 0.0]])],
+                                            np.array([0, 1]), plan.names, 2, False, False, plan.pairs))
+    stats = plan.stats(totals)
+    assert psp.psp_l2(stats, "sum-units") == {"per_layer": {"relu": 7.0, "logits": 5.0}, "overall": 12.0}
+    assert psp.psp_l2(stats)["overall"] == 3.5

@@ -19,7 +19,8 @@ _LAZY = {
                      "hutchinson_trace", "hvp", "lanczos", "power_iteration", "top_eigenvalues"), "hessian"),
     **dict.fromkeys(("PSP_CONVENTIONS", "REFERENCE_CLAMP", "PSPStats", "binary_entropy", "neuron_class_entropy",
                      "psp_entropy_first_order", "psp_entropy_second_order", "psp_l2", "psp_layer_names",
-                     "psp_model", "psp_statistics", "relu_layers"), "psp"),
+                     "psp_model", "psp_statistics", "relu_layers", "ENTROPY_AGGREGATES", "PSP_L2_CONVENTIONS",
+                     "TRAIN_LOSS_CONVENTIONS", "per_batch_loss", "training_loss"), "psp"),
 }
 
 __all__ = ["AnalysisConfig", "compare", *_LAZY]

@@ -5,7 +5,7 @@ Figures 2 to 4 of the paper (Sec. 5.2-5.3): the analysis stage that ``kerasprune
 folders or loaded Keras models; G is the origin of the maps) and runs, in this order:
 
 1. per model, the top-k Hessian eigenvalues (and optionally the trace) of the mean training loss
-   over a seeded sample of the training split (:func:`hessian_summary`);
+   over a seeded sample of the training split, or all of it (:func:`hessian_summary`);
 2. per model, PSP L2 and PSP-entropies (first and second order), training loss and error on the
    maps' training sample, and test error (:func:`psp_summary`);
 3. the 2D maps on the plane through G and 1-S (:mod:`~kerasprune.analysis.landscape`).
@@ -27,7 +27,7 @@ import json
 import os
 import time
 import warnings
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 from kerasprune import runs
 from kerasprune.errors import KerasPruneError
@@ -47,6 +47,8 @@ METRICS_PNG = "map_{}.png"
 # The settings the Hessian step depends on (its cache key): not the maps' or the PSP measures'.
 HESSIAN_KEYS = ("hessian_examples", "top_k", "eigen_method", "tol", "max_iter", "trace", "trace_tol",
                 "trace_max_iter", "masked", "seed", "dataset", "split_seed", "val_fraction", "max_train_examples")
+# Settings added after parts/ existed, at the value that was implicit before: left out of the cache keys.
+IMPLICIT = {"psp_entropy": "kerasprune", "train_loss": "mean", "psp_l2": "mean", "psp_entropy_aggregate": "neurons"}
 
 
 @dataclasses.dataclass
@@ -73,7 +75,8 @@ class AnalysisConfig:
     batch_size: int = 500  # evaluation batch size (the numbers do not depend on it)
     strategy: str = "default"  # tf.distribute strategy the SavedModels are loaded under
     # Hessian
-    hessian_examples: Optional[int] = None  # training examples the loss is averaged over (full 1000)
+    # training examples the loss is averaged over (full 1000); "all" (or 0): the whole training split
+    hessian_examples: Optional[Union[int, str]] = None
     top_k: int = 5  # number of top eigenvalues
     eigen_method: str = "lanczos"  # a key of EIGEN_METHODS; its first solver gives hessian_top5
     tol: float = 1e-3  # eigen-solver tolerance
@@ -94,11 +97,16 @@ class AnalysisConfig:
     max_exact_units: int = 1024  # layers up to this width get exact second-order entropy
     # PSP-entropy
     psp_entropy: str = "kerasprune"  # first-order convention: "kerasprune" or "reference" (the authors' code)
+    psp_entropy_aggregate: str = "neurons"  # first-order "overall": mean over "neurons" or over "layers"
+    # units (docs/analysis.md, "The paper's units")
+    train_loss: str = "mean"  # "mean" over examples, or "per-batch": batch means summed / N (the PSP code)
+    loss_batch: int = 100  # the batch size of the per-batch training loss
+    psp_l2: str = "mean"  # "mean" z^2 over hidden values, or "sum-units": E[z^2] summed over units (the PSP code)
 
     def __post_init__(self):
         from kerasprune.config import _check_types
         from kerasprune.distribute import parse_strategy
-        from kerasprune.pure.psp import PSP_CONVENTIONS
+        from kerasprune.pure.psp import ENTROPY_AGGREGATES, PSP_CONVENTIONS, PSP_L2_CONVENTIONS, TRAIN_LOSS_CONVENTIONS
 
         if self.preset not in PRESETS:
             raise KerasPruneError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
@@ -106,7 +114,13 @@ class AnalysisConfig:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         _check_types(self)
-        choices = (("eigen_method", tuple(EIGEN_METHODS)), ("support", SUPPORTS), ("psp_entropy", PSP_CONVENTIONS))
+        if self.hessian_examples == 0 or self.hessian_examples == "all":
+            self.hessian_examples = "all"
+        elif isinstance(self.hessian_examples, str):
+            raise KerasPruneError(f"hessian_examples must be a count or 'all', got {self.hessian_examples!r}")
+        choices = (("eigen_method", tuple(EIGEN_METHODS)), ("support", SUPPORTS), ("psp_entropy", PSP_CONVENTIONS),
+                   ("psp_entropy_aggregate", ENTROPY_AGGREGATES), ("train_loss", TRAIN_LOSS_CONVENTIONS),
+                   ("psp_l2", PSP_L2_CONVENTIONS))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise KerasPruneError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -117,9 +131,9 @@ class AnalysisConfig:
         self.tol, self.trace_tol, self.val_fraction = float(self.tol), float(self.trace_tol), float(self.val_fraction)
         for name in ("hessian_examples", "top_k", "max_iter", "trace_max_iter", "grid_train_examples",
                      "grid_test_examples", "pair_samples", "max_exact_units", "batch_size",
-                     "max_train_examples", "max_test_examples"):
+                     "max_train_examples", "max_test_examples", "loss_batch"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and value != "all" and value < 1:
                 raise KerasPruneError(f"{name} must be >= 1, got {value}")
         if self.grid < 2:
             raise KerasPruneError(f"grid must be at least 2 (points per axis), got {self.grid}")
@@ -144,7 +158,8 @@ class AnalysisConfig:
             "grid_train_examples": self.grid_train_examples, "grid_test_examples": self.grid_test_examples,
             "pair_samples": self.pair_samples, "max_exact_units": self.max_exact_units,
             "max_train_examples": self.max_train_examples, "max_test_examples": self.max_test_examples,
-            "psp_entropy": self.psp_entropy,
+            "psp_entropy": self.psp_entropy, "psp_entropy_aggregate": self.psp_entropy_aggregate,
+            "train_loss": self.train_loss, "loss_batch": self.loss_batch, "psp_l2": self.psp_l2,
         }
 
     def conventions(self):
@@ -155,6 +170,9 @@ class AnalysisConfig:
             "support": self.support,
             "eigen_method": EIGEN_METHODS[self.eigen_method][0],  # hessian_top5
             "hessian_parameters": "unpruned" if self.masked else "all",
+            "train_loss": self.train_loss,  # performance.train_loss and the train_loss map (settings: loss_batch)
+            "psp_l2": self.psp_l2,  # psp_l2 (per model and map)
+            "psp_entropy_aggregate": self.psp_entropy_aggregate,  # psp_entropy_1's overall (per model and map)
         }
 
 
@@ -163,8 +181,12 @@ class AnalysisConfig:
 
 def _keyed(settings):
     """``settings`` for the cache keys: a setting added later is left out at the value that was
-    implicit before, so parts computed before it existed stay valid."""
-    return {k: v for k, v in settings.items() if not (k == "psp_entropy" and v == "kerasprune")}
+    implicit before (:data:`IMPLICIT`; ``loss_batch`` whenever the loss is the mean, which ignores it),
+    so parts computed before it existed stay valid."""
+    keyed = {k: v for k, v in settings.items() if not (k in IMPLICIT and v == IMPLICIT[k])}
+    if settings.get("train_loss", "mean") == "mean":
+        keyed.pop("loss_batch", None)
+    return keyed
 
 
 def _key(*parts):
@@ -252,7 +274,8 @@ def samples(config):
     std = np.asarray(dspec.std, np.float32)
     norm = lambda x: ((x.astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
     take = lambda n: np.sort(order[:min(n, len(order))])
-    h_idx, g_idx = take(config.hessian_examples), take(config.grid_train_examples)
+    h_idx = take(len(order) if config.hessian_examples == "all" else config.hessian_examples)
+    g_idx = take(config.grid_train_examples)
     n_test = config.grid_test_examples or len(x_te)
     return ((norm(x_tr[h_idx]), y_tr[h_idx]), (norm(x_tr[g_idx]), y_tr[g_idx]),
             (norm(x_te[:n_test]), y_te[:n_test]))
@@ -317,14 +340,17 @@ def psp_summary(model, train_xy, test_xy, config):
 
     stats = analysis.psp_statistics(model, _dataset(train_xy, config.batch_size), second_order=True,
                                     max_exact_units=config.max_exact_units,
-                                    pair_samples=max(config.pair_samples, 20000), seed=config.seed)
+                                    pair_samples=max(config.pair_samples, 20000), seed=config.seed,
+                                    example_losses=config.train_loss == "per-batch")
     test = analysis.psp_statistics(model, _dataset(test_xy, config.batch_size), first_order=False)
-    first = analysis.psp_entropy_first_order(stats, convention=config.psp_entropy)
-    channel = analysis.psp_entropy_first_order(stats, per_channel=True, convention=config.psp_entropy)
+    entropy = dict(convention=config.psp_entropy, aggregate=config.psp_entropy_aggregate)
+    first = analysis.psp_entropy_first_order(stats, **entropy)
+    channel = analysis.psp_entropy_first_order(stats, per_channel=True, **entropy)
     second = analysis.psp_entropy_second_order(stats)
     return {
-        "train_loss": stats.loss, "train_error": stats.error, "test_error": test.error,
-        "psp_l2": analysis.psp_l2(stats),
+        "train_loss": analysis.training_loss(stats, config.train_loss, config.loss_batch),
+        "train_error": stats.error, "test_error": test.error,
+        "psp_l2": analysis.psp_l2(stats, config.psp_l2),
         "psp_entropy_1": {"overall": first["overall"], "per_layer": first["per_layer"],
                           "per_channel_overall": channel["overall"], "per_channel_per_layer": channel["per_layer"]},
         "psp_entropy_2": second,
@@ -451,7 +477,8 @@ def compare(config, g, oneshot, out, data=None, verbose="auto"):
         models["g"], plane, alphas, betas, _dataset(train_xy, config.batch_size),
         _dataset(test_xy, config.batch_size), max_exact_units=config.max_exact_units,
         pair_samples=config.pair_samples, seed=config.seed, state_path=state, progress=progress,
-        psp_convention=config.psp_entropy)
+        psp_convention=config.psp_entropy, train_loss=config.train_loss, loss_batch=config.loss_batch,
+        psp_l2=config.psp_l2, entropy_aggregate=config.psp_entropy_aggregate)
 
     figures = []
     if is_chief():
@@ -459,7 +486,7 @@ def compare(config, g, oneshot, out, data=None, verbose="auto"):
             figures.append(plots.plot_map(alphas, betas, values, metric,
                                           os.path.join(out, METRICS_PNG.format(metric))))
         figures.append(plots.plot_eigenvalues(results["g"]["hessian"]["top"], results["oneshot"]["hessian"]["top"],
-                                              os.path.join(out, "eigenvalues.png")))
+                                              os.path.join(out, "eigenvalues.png"), log=True))
     analysis = {
         "models": paths, "settings": settings, "conventions": config.conventions(), "warnings": warning_lines,
         "hessian_top5": {n: r["hessian"]["top"] for n, r in results.items()},

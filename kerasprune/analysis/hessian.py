@@ -16,8 +16,8 @@ Eigen-solvers work on flat float64 numpy vectors and count every HVP they use:
   reorthogonalisation; stops when every wanted Ritz pair has residual ``|beta_m s_m| <= tol |theta|``
   (a bound on its error);
 - ``method="arpack"``: scipy's ``eigsh`` (ARPACK's implicitly restarted Lanczos) on the Hessian
-  restricted to the free entries, the solver behind the paper's eigenvalues
-  (pytorch-hessian-eigenthings); same stopping rule, checked only at each restart;
+  restricted to the free entries, as pytorch-hessian-eigenthings' ``lanczos`` mode (its default
+  mode is power iteration); same stopping rule, checked only at each restart;
 - ``method="power"``: power iteration deflated by the eigenvectors found (as PyHessian), stopping
   when the Rayleigh quotient changes by less than ``tol`` (relative), then refined by one
   Rayleigh-Ritz step on the k vectors (k more HVPs); it finds the eigenvalues of largest

@@ -142,15 +142,19 @@ def grid_coordinates(alpha_range=(-0.5, 1.5), beta_range=(-1.0, 1.0), points=21)
 
 
 def evaluate_point(sub_model, train_data, test_data, second_order=True, max_exact_units=1024,
-                   pair_samples=2000, seed=0, psp_convention="kerasprune"):
+                   pair_samples=2000, seed=0, psp_convention="kerasprune", train_loss="mean", loss_batch=100,
+                   psp_l2="mean", entropy_aggregate="neurons"):
     """The :data:`METRICS` of the model's current weights: training loss and PSP measures on
-    ``train_data``, error on ``test_data`` (``psp_convention``: of the first-order entropy)."""
+    ``train_data``, error on ``test_data``. The conventions: ``psp_convention`` and
+    ``entropy_aggregate`` of the first-order entropy, ``train_loss`` (with ``loss_batch``) of the
+    loss, ``psp_l2`` of the PSP L2 (see :mod:`kerasprune.pure.psp`)."""
     stats = psp_lib.psp_statistics(sub_model, train_data, second_order=second_order,
-                                   max_exact_units=max_exact_units, pair_samples=pair_samples, seed=seed)
+                                   max_exact_units=max_exact_units, pair_samples=pair_samples, seed=seed,
+                                   example_losses=train_loss == "per-batch")
     test = psp_lib.psp_statistics(sub_model, test_data, first_order=False)
-    out = {"train_loss": stats.loss, "test_error": test.error,
-           "psp_l2": psp_lib.psp_l2(stats)["overall"],
-           "psp_entropy_1": psp_lib.psp_entropy_first_order(stats, convention=psp_convention)["overall"]}
+    entropy = psp_lib.psp_entropy_first_order(stats, convention=psp_convention, aggregate=entropy_aggregate)
+    out = {"train_loss": psp_lib.training_loss(stats, train_loss, loss_batch), "test_error": test.error,
+           "psp_l2": psp_lib.psp_l2(stats, psp_l2)["overall"], "psp_entropy_1": entropy["overall"]}
     out["psp_entropy_2"] = (psp_lib.psp_entropy_second_order(stats)["overall"] if second_order
                             else float("nan"))
     return out
@@ -158,9 +162,11 @@ def evaluate_point(sub_model, train_data, test_data, second_order=True, max_exac
 
 def evaluate_grid(model_g, plane, alphas, betas, train_data, test_data, second_order=True,
                   max_exact_units=1024, pair_samples=2000, seed=0, state_path=None, progress=None,
-                  psp_convention="kerasprune"):
+                  psp_convention="kerasprune", train_loss="mean", loss_batch=100, psp_l2="mean",
+                  entropy_aggregate="neurons"):
     """Evaluates :data:`METRICS` at every ``(alpha, beta)``; returns ``{metric: [len(betas),
-    len(alphas)] array}`` (rows are betas, for ``contour(alphas, betas, map)``).
+    len(alphas)] array}`` (rows are betas, for ``contour(alphas, betas, map)``). The conventions
+    are :func:`evaluate_point`'s.
 
     ``model_g``'s weights are changed in place during the evaluation and restored at the end.
     With ``state_path`` (a ``.npz``), progress is saved after every point (atomically, by the
@@ -188,7 +194,8 @@ def evaluate_grid(model_g, plane, alphas, betas, train_data, test_data, second_o
                     continue
                 setter.set(float(a), float(b))
                 values = evaluate_point(sub, train_data, test_data, second_order, max_exact_units,
-                                        pair_samples, seed, psp_convention)
+                                        pair_samples, seed, psp_convention, train_loss=train_loss,
+                                        loss_batch=loss_batch, psp_l2=psp_l2, entropy_aggregate=entropy_aggregate)
                 for m in METRICS:
                     maps[m][i, j] = values[m]
                 done[i, j] = True

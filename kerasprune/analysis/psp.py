@@ -5,7 +5,7 @@ every such tensor of a Keras functional/Sequential model as an extra output of a
 from the model's own graph (it shares the model's variables). :func:`psp_statistics` streams a
 dataset through it once and keeps only sums and counts, so memory does not grow with the dataset:
 
-- ``mean z^2`` per layer and overall (the paper's "PSP L2 norm", Fig. 3);
+- ``z^2`` summed per layer and for the logits (the paper's "PSP L2 norm", Fig. 3, in either convention);
 - per neuron n and class c, the count of examples with ``z_n > 0`` (the state phi'(z) of eq. 3);
 - optionally, per class, the counts of the joint state of pairs of neurons of the same layer.
 
@@ -23,7 +23,9 @@ on or always off within a class has entropy 0 there; classes absent from the dat
   instead, and report the standard error of the sampled mean.
 
 "Overall" means average over every hidden neuron (or pair) of the model, so wide layers weigh in
-proportion to their size; per-layer means are reported too.
+proportion to their size; per-layer means are reported too (the first order's ``aggregate="layers"``
+averages those instead). The units of the loss and PSP L2 have variants too (``training_loss``,
+``psp_l2``; docs/analysis.md, "The paper's units").
 
 First-order conventions (``convention=``): ``"kerasprune"`` is the above. ``"reference"`` is the
 authors' code (EIDOSlab/PSP-entropy), which hooks the output of every top-level module, so the
@@ -42,11 +44,12 @@ import numpy as np
 
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
-from kerasprune.pure.psp import (LINEAR_ACTIVATIONS, PSP_CONVENTIONS, PSP_LAYERS_ATTR,  # noqa: F401
-                                 REFERENCE_CLAMP, PSPStats, _check_convention, _joint_entropy, _pair_sample,
-                                 _plogp, _present, activation_name, binary_entropy, capture_plan, find_relus,
-                                 neuron_class_entropy, pair_plan, psp_entropy_first_order,
-                                 psp_entropy_second_order, psp_l2, psp_layer_names, stats_from_totals)
+from kerasprune.pure.psp import (ENTROPY_AGGREGATES, LINEAR_ACTIVATIONS, PSP_CONVENTIONS,  # noqa: F401
+                                 PSP_L2_CONVENTIONS, PSP_LAYERS_ATTR, REFERENCE_CLAMP, TRAIN_LOSS_CONVENTIONS,
+                                 PSPStats, _check_convention, _joint_entropy, _pair_sample, _plogp, _present,
+                                 activation_name, binary_entropy, capture_plan, find_relus, neuron_class_entropy,
+                                 pair_plan, per_batch_loss, psp_entropy_first_order, psp_entropy_second_order,
+                                 psp_l2, psp_layer_names, stats_from_totals, training_loss)
 
 _ACTIVATION_LAYERS = ("ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "ThresholdedReLU", "Softmax")
 
@@ -148,7 +151,7 @@ def _output_layer(sub):
 
 
 def psp_statistics(model, dataset, num_classes=None, first_order=True, second_order=False,
-                   max_exact_units=1024, pair_samples=20000, seed=0, skip_non_relu=False):
+                   max_exact_units=1024, pair_samples=20000, seed=0, skip_non_relu=False, example_losses=False):
     """One pass of ``dataset`` (batches of ``(x, integer labels)``) through ``model``'s PSPs.
 
     Args:
@@ -159,6 +162,8 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
       max_exact_units: layers with at most this many units count all pairs exactly
         (``[classes, units, units]`` memory); wider layers sample ``pair_samples`` pairs.
       seed: seed of the pair sample.
+      example_losses: also keep every example's loss, in data order (``stats.example_losses``, for
+        the per-batch training loss; one float per example).
 
     Returns:
       :class:`PSPStats`.
@@ -177,12 +182,16 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
         logits, zs = outs[0], outs[1:]
         y = tf.reshape(tf.cast(y, tf.int32), [-1])
         onehot = tf.one_hot(y, num_classes, dtype=tf.float32)
+        losses = loss_fn(y, logits)
         result = {
             "class": tf.reduce_sum(onehot, 0),
-            "loss": tf.reduce_sum(loss_fn(y, logits)),
+            "loss": tf.reduce_sum(losses),
             "correct": tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y),
                                              tf.float32)),
+            "out_sq": tf.reduce_sum(tf.square(tf.cast(logits, tf.float32))),
         }
+        if example_losses:
+            result["losses"] = losses
         if first_order:  # the output layer's states, for the reference entropy convention
             on = tf.cast(tf.reshape(logits, [-1, output_units]) > 0, tf.float32)
             result["out_pos"] = tf.matmul(onehot, on, transpose_a=True)
@@ -209,7 +218,7 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
     # configuration hundreds of times, and retracing each time would dominate small evaluations.
     cache = sub.__dict__.setdefault("_kerasprune_psp_steps", {})
     pair_key = tuple((n, p.tobytes()) for n, p in sorted(pairs.items()) if p is not None)
-    key = (num_classes, first_order, second_order, pair_key)
+    key = (num_classes, first_order, second_order, pair_key, example_losses)
     if key not in cache:
         cache[key] = tf.function(lambda x, y: strategy.run(step, args=(x, y)), reduce_retracing=True)
     compiled = cache[key]
@@ -217,6 +226,10 @@ def psp_statistics(model, dataset, num_classes=None, first_order=True, second_or
     for x, y in strategy.experimental_distribute_dataset(dataset):
         per_replica = compiled(x, y)
         for key, value in per_replica.items():
+            if key == "losses":  # per example, in order: the replicas' parts one after the other
+                value = np.concatenate([v.numpy() for v in strategy.experimental_local_results(value)])
+                totals[key] = np.concatenate([totals[key], value]) if key in totals else value.astype(np.float64)
+                continue
             value = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy()
             totals[key] = totals[key] + value if key in totals else value.astype(np.float64)
     return plan.stats(totals)

@@ -27,8 +27,10 @@ Writes into --out:
   map_<metric>.png (contours with G and 1-S marked), eigenvalues.png (Fig. 2b)
   tensorboard/   the same numbers and figures for TensorBoard
   parts/         finished steps and grid progress: rerun the same command to resume
-Hessian: of the mean training loss over a seeded sample of the training split, batch norm in
-inference mode, over the unpruned parameters only (--all-params to include pruned ones).
+Hessian: of the mean training loss over a seeded sample of the training split (--hessian-examples
+all: the whole split), batch norm in inference mode, over the unpruned parameters only (--all-params
+to include pruned ones). --train-loss, --psp-l2 and --psp-entropy-aggregate choose the units of the
+reported numbers; analysis.json's "conventions" records them.
 See docs/analysis.md for definitions.
 
 examples:
@@ -53,12 +55,14 @@ def add_arguments(parser):
     g.add_argument("--strategy", default="default", type=_common.strategy_flag, metavar="SPEC",
                    help="tf.distribute strategy (default: one device)")
     h = parser.add_argument_group("hessian")
-    h.add_argument("--hessian-examples", type=_common.positive_int, default=None,
-                   help=f"training examples the loss is averaged over (default {FULL['hessian_examples']})")
+    h.add_argument("--hessian-examples", type=examples_flag, default=None, metavar="N|all",
+                   help=f"training examples the loss is averaged over (default {FULL['hessian_examples']}); "
+                        "all (or 0): the whole training split, as the paper's data loader")
     h.add_argument("--top-k", type=_common.positive_int, default=5, help="number of top eigenvalues (default 5)")
     h.add_argument("--eigen-method", choices=tuple(EIGEN_METHODS), default="lanczos",
-                   help="lanczos (default: fewest HVPs), arpack (scipy eigsh, the paper's solver), power, "
-                        "both (lanczos and power) or all; the first one listed gives hessian_top5")
+                   help="lanczos (default: fewest HVPs), arpack (scipy eigsh, as hessian-eigenthings' lanczos "
+                        "mode), power (as its default mode), both (lanczos and power) or all; the first one "
+                        "listed gives hessian_top5")
     h.add_argument("--tol", type=float, default=1e-3, help="eigen-solver tolerance (default 1e-3)")
     h.add_argument("--max-iter", type=_common.positive_int, default=100,
                    help="HVP cap: of Lanczos and ARPACK, or per eigenvalue of power iteration (default 100)")
@@ -94,6 +98,27 @@ def add_arguments(parser):
                    help="first-order convention, per model and in the map. kerasprune (default): hidden ReLU "
                         "inputs, 0 log 0 = 0; reference: the authors' code (EIDOSlab/PSP-entropy), which "
                         "also counts the output layer's units and clamps p to [1e-4, 0.9999]")
+    p.add_argument("--psp-entropy-aggregate", choices=("neurons", "layers"), default="neurons",
+                   help="first-order overall value: mean over all neurons (default) or mean of the per-layer "
+                        "means (the authors' code stops at per-neuron values)")
+    u = parser.add_argument_group("units (docs/analysis.md, \"The paper's units\")")
+    u.add_argument("--train-loss", choices=("mean", "per-batch"), default="mean",
+                   help="reported training loss (per model and map): mean over examples (default) or per-batch, "
+                        "the batch means summed and divided by the examples (the PSP code's; about mean / "
+                        "--loss-batch)")
+    u.add_argument("--loss-batch", type=_common.positive_int, default=100,
+                   help="batch size of --train-loss per-batch (default 100)")
+    u.add_argument("--psp-l2", choices=("mean", "sum-units"), default="mean",
+                   help="PSP L2 (per model and map): mean z^2 over hidden values (default) or sum-units, E[z^2] "
+                        "per unit (conv: per channel, mean over positions) summed over hidden and output units "
+                        "(the PSP code's)")
+
+
+def examples_flag(text):
+    """argparse type of --hessian-examples: a count >= 1, or "all" (also 0) for the whole training split."""
+    if text.strip().lower() in ("all", "0"):
+        return "all"
+    return _common.positive_int(text)
 
 
 def resolve_model_path(path):
@@ -170,7 +195,9 @@ def analysis_config(args):
         grid=args.grid, alpha_range=tuple(args.alpha_range), beta_range=tuple(args.beta_range),
         filter_normalize=args.filter_normalize, support=args.support,
         grid_train_examples=args.grid_train_examples, grid_test_examples=args.grid_test_examples,
-        pair_samples=args.pair_samples, max_exact_units=args.max_exact_units, psp_entropy=args.psp_entropy)
+        pair_samples=args.pair_samples, max_exact_units=args.max_exact_units, psp_entropy=args.psp_entropy,
+        psp_entropy_aggregate=args.psp_entropy_aggregate, train_loss=args.train_loss, loss_batch=args.loss_batch,
+        psp_l2=args.psp_l2)
 
 
 def _samples(config, data_dir):

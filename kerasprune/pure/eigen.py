@@ -167,10 +167,12 @@ def lanczos(op, k=5, tol=1e-3, max_iter=100, seed=0):
 def arpack(op, k=5, tol=1e-3, max_iter=100, seed=0, ncv=None, which="LA"):
     """Top-``k`` eigenpairs by scipy's ``eigsh`` (ARPACK, implicitly restarted Lanczos).
 
-    This is the solver of pytorch-hessian-eigenthings, so of the paper's eigenvalues (which used
-    ``which="LM"``, ``ncv=2k``, ``tol=1e-6``, at most 20 restarts and an unseeded uniform start).
-    Here the operator is the Hessian restricted to the free entries (no null space from pruned
-    weights), the start vector is seeded, ``which="LA"`` gives the algebraically largest values
+    This is the solver of pytorch-hessian-eigenthings' ``lanczos`` mode (``which="LM"``, ``ncv=2k``,
+    ``tol=1e-6``, at most 20 restarts; it builds a uniform start vector but never passes it to
+    ``eigsh``, so ARPACK's own start is used). That package's default mode is deflated power
+    iteration (:func:`power_iteration`), and the paper does not say which mode it ran. Here the
+    operator is the Hessian restricted to the free entries (no null space from pruned weights), the
+    start vector is seeded, ``which="LA"`` gives the algebraically largest values
     like the other solvers, and ``ncv`` defaults to scipy's ``max(2k + 1, 20)``. ARPACK's stopping
     rule is the Lanczos one (Ritz estimate ``<= tol |theta|``), checked at each restart only.
     ``max_iter`` caps HVPs: ARPACK uses at most ``ncv + 1 + restarts (ncv - k)`` (measured), so it
@@ -178,8 +180,8 @@ def arpack(op, k=5, tol=1e-3, max_iter=100, seed=0, ncv=None, which="LA"):
 
     Not the default: on LeNet-300 (dense and 90% pruned) it was as accurate as :func:`lanczos` but
     used 21 HVPs where Lanczos used 18 at tol 1e-3, since it checks convergence only after filling
-    ``ncv`` vectors (docs/analysis.md). It is kept to reproduce the paper's solver, as an independent
-    check of :func:`lanczos`, and because it keeps ``ncv`` vectors in memory where Lanczos keeps
+    ``ncv`` vectors (docs/analysis.md). It is kept to reproduce eigenthings' ``lanczos`` mode, as an
+    independent check of :func:`lanczos`, and because it keeps ``ncv`` vectors in memory where Lanczos keeps
     one per HVP.
     """
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh

@@ -15,6 +15,10 @@ import numpy as np
 from kerasprune.errors import KerasPruneError
 
 PSP_CONVENTIONS = ("kerasprune", "reference")
+# The unit conventions of the reported numbers (docs/analysis.md, "The paper's units"); the first is the default.
+TRAIN_LOSS_CONVENTIONS = ("mean", "per-batch")  # mean over examples, or the PSP code's batch means / N
+PSP_L2_CONVENTIONS = ("mean", "sum-units")  # mean z^2 over hidden values, or the PSP code's sum over units
+ENTROPY_AGGREGATES = ("neurons", "layers")  # first-order "overall": mean over neurons, or over layer means
 REFERENCE_CLAMP = (1e-4, 0.9999)  # of p = P[z > 0 | c] in the authors' code
 PSP_LAYERS_ATTR = "_kerasprune_psp_layers"  # where a PSP sub-model keeps the names of its ReLUs
 
@@ -24,8 +28,11 @@ class PSPStats:
     """Sums and counts from one pass over a dataset; every reported number derives from these.
 
     ``positive[name]`` is ``[classes, units]``: examples of each class with ``z > 0``.
-    ``positive[output_layer]`` counts the model's outputs (logits) ``> 0`` the same way; the output
-    layer is not in ``layers`` (it is no PSP) and is used only by the reference entropy convention.
+    ``positive[output_layer]`` counts the model's outputs (logits) ``> 0`` the same way (first order
+    only) and ``output_sum_sq`` sums their squares; the output layer is not in ``layers`` (it is no PSP)
+    and is used only by the reference entropy convention and the ``sum-units`` PSP L2.
+    ``example_losses`` holds the per-example losses in data order when they were asked for (the
+    ``per-batch`` training loss needs them).
     ``pair_n11[name]`` is ``[classes, units, units]`` (exact) or ``[classes, pairs]`` (sampled, the
     pairs in ``pairs[name]`` as an ``[pairs, 2]`` index array).
     """
@@ -40,6 +47,8 @@ class PSPStats:
     loss_sum: float = 0.0
     correct: float = 0.0
     output_layer: Optional[str] = None
+    output_sum_sq: Optional[float] = None
+    example_losses: Optional[np.ndarray] = None
 
     @property
     def examples(self):
@@ -56,6 +65,11 @@ class PSPStats:
 
     def units(self, name):
         return int(np.prod(self.unit_shapes[name]))
+
+    def positions(self, name):
+        """Units per channel (the last axis): a conv layer's spatial positions, 1 for a dense layer."""
+        shape = self.unit_shapes[name]
+        return self.units(name) // shape[-1] if shape else 1
 
 
 def _pair_sample(units, count, rng):
@@ -166,7 +180,8 @@ def batch_totals(logits, zs, y, names, num_classes, first_order, second_order, p
     log_norm = np.log(np.exp(shifted).sum(axis=1))
     out = {"class": onehot.sum(0),
            "loss": float(np.sum(log_norm - shifted[np.arange(len(y)), y])),
-           "correct": float(np.sum(np.argmax(logits, -1) == y))}
+           "correct": float(np.sum(np.argmax(logits, -1) == y)),
+           "out_sq": float(np.sum(np.square(logits)))}
     if first_order:
         out["out_pos"] = onehot.T @ (logits > 0)
     for i, (n, z) in enumerate(zip(names, zs)):
@@ -206,17 +221,62 @@ def stats_from_totals(totals, names, shapes, num_classes, first_order, second_or
     positive = {n: totals[f"pos{i}"] for i, n in enumerate(names)} if first_order else {}
     if first_order:
         positive[output_name] = totals["out_pos"]
-        shapes[output_name] = tuple(output_shape)
+    shapes[output_name] = tuple(output_shape)
+    losses = totals.get("losses")
     return PSPStats(
         layers=names, unit_shapes=shapes, class_counts=totals["class"],
         sum_sq={n: float(totals[f"sq{i}"]) for i, n in enumerate(names)}, positive=positive,
         pair_n11={n: totals[f"n11_{i}"] for i, n in enumerate(names)} if second_order else {},
         pairs=pairs, loss_sum=float(totals["loss"]), correct=float(totals["correct"]),
-        output_layer=output_name if first_order else None)
+        output_layer=output_name, output_sum_sq=float(totals["out_sq"]) if "out_sq" in totals else None,
+        example_losses=None if losses is None else np.asarray(losses, np.float64))
 
 
-def psp_l2(stats):
-    """``{"per_layer": {name: mean z^2}, "overall": mean z^2 over all PSP values}`` (Fig. 3)."""
+def _check_choice(kind, value, allowed):
+    if value not in allowed:
+        raise KerasPruneError(f"unknown {kind} convention {value!r}; valid names are: {', '.join(allowed)}")
+
+
+def per_batch_loss(losses, batch):
+    """``(1/N) sum_b mean_{i in b} loss_i`` over consecutive batches of ``batch`` examples (the last
+    may be shorter): the PSP code's training loss (batch means summed, divided by the dataset size)."""
+    losses = np.asarray(losses, np.float64).ravel()
+    if losses.size == 0 or batch < 1:
+        raise KerasPruneError(f"per-batch loss needs examples and a batch size >= 1, got {losses.size} and {batch}")
+    starts = np.arange(0, losses.size, batch)
+    sizes = np.diff(np.append(starts, losses.size))
+    return float(np.sum(np.add.reduceat(losses, starts) / sizes) / losses.size)
+
+
+def training_loss(stats, convention="mean", batch=100):
+    """The training loss of ``stats`` in one of :data:`TRAIN_LOSS_CONVENTIONS`: ``"mean"`` over
+    examples (``stats.loss``), or ``"per-batch"`` (:func:`per_batch_loss` with ``batch``, which needs
+    ``psp_statistics(..., example_losses=True)``)."""
+    _check_choice("training-loss", convention, TRAIN_LOSS_CONVENTIONS)
+    if convention == "mean":
+        return stats.loss
+    if stats.example_losses is None:
+        raise KerasPruneError("these PSP statistics have no per-example losses, which the per-batch loss "
+                              "needs (psp_statistics(..., example_losses=True))")
+    return per_batch_loss(stats.example_losses, batch)
+
+
+def psp_l2(stats, convention="mean"):
+    """PSP L2 (Fig. 3) in one of :data:`PSP_L2_CONVENTIONS`: ``{"per_layer": {...}, "overall": ...}``.
+
+    ``"mean"``: mean z^2 per hidden layer and over all hidden PSP values. ``"sum-units"`` (the PSP
+    code's, enzotarta/PSP): per unit (a conv layer: per channel, averaged over positions) E_x[z^2],
+    summed over the units of each hidden layer and of the output layer (its logits, keyed by
+    ``stats.output_layer``); ``overall`` is the sum over those layers.
+    """
+    _check_choice("PSP L2", convention, PSP_L2_CONVENTIONS)
+    if convention == "sum-units":
+        if stats.output_sum_sq is None or stats.output_layer is None:
+            raise KerasPruneError("these PSP statistics have no sum of the logits' squares, which the sum-units "
+                                  "PSP L2 needs (recompute them with psp_statistics)")
+        sums = dict(stats.sum_sq, **{stats.output_layer: stats.output_sum_sq})
+        per_layer = {n: sums[n] / (stats.examples * stats.positions(n)) for n in [*stats.layers, stats.output_layer]}
+        return {"per_layer": per_layer, "overall": float(sum(per_layer.values()))}
     per_layer = {n: stats.sum_sq[n] / (stats.examples * stats.units(n)) for n in stats.layers}
     total_values = stats.examples * sum(stats.units(n) for n in stats.layers)
     return {"per_layer": per_layer, "overall": sum(stats.sum_sq.values()) / total_values}
@@ -268,17 +328,21 @@ def neuron_class_entropy(stats, name, per_channel=False, convention="kerasprune"
     return np.where(present[:, None], binary_entropy(p, clamp), 0.0).T
 
 
-def psp_entropy_first_order(stats, per_channel=False, convention="kerasprune"):
+def psp_entropy_first_order(stats, per_channel=False, convention="kerasprune", aggregate="neurons"):
     """First-order PSP-entropy (eq. 4-5) from :func:`psp_statistics` output.
 
     ``convention``: ``"kerasprune"`` (hidden ReLU inputs, ``0 log 0 = 0``) or ``"reference"`` (the
     authors' code: the output layer counts too, and p is clamped; see the module docstring).
+    ``aggregate`` (:data:`ENTROPY_AGGREGATES`): ``overall`` is the mean over every neuron counted
+    (``"neurons"``) or the mean of the per-layer means (``"layers"``); the authors' code stops at
+    per-neuron values, so this is an undecided convention.
 
     Returns ``{"per_neuron": {layer: H(n) shaped like the layer's units (or [channels])},
     "neuron_class": {layer: [units, classes] H(n|c)}, "per_layer": {layer: mean H(n)},
-    "overall": mean H(n) over every neuron counted, "convention": convention}``.
+    "overall": see ``aggregate``, "convention": convention, "aggregate": aggregate}``.
     """
     _check_convention(convention)
+    _check_choice("PSP-entropy aggregate", aggregate, ENTROPY_AGGREGATES)
     if not stats.positive:
         raise KerasPruneError("these PSP statistics have no z > 0 counts (first_order=False)")
     layers = list(stats.layers)
@@ -292,10 +356,13 @@ def psp_entropy_first_order(stats, per_channel=False, convention="kerasprune"):
         h = neuron_class_entropy(stats, n, per_channel, convention)
         matrices[n] = h
         per_neuron[n] = h.sum(axis=1) if per_channel else h.sum(axis=1).reshape(stats.unit_shapes[n])
-    everything = np.concatenate([v.ravel() for v in per_neuron.values()])
-    return {"per_neuron": per_neuron, "neuron_class": matrices,
-            "per_layer": {n: float(v.mean()) for n, v in per_neuron.items()},
-            "overall": float(everything.mean()), "convention": convention}
+    per_layer = {n: float(v.mean()) for n, v in per_neuron.items()}
+    if aggregate == "layers":
+        overall = float(np.mean(list(per_layer.values())))
+    else:
+        overall = float(np.concatenate([v.ravel() for v in per_neuron.values()]).mean())
+    return {"per_neuron": per_neuron, "neuron_class": matrices, "per_layer": per_layer,
+            "overall": overall, "convention": convention, "aggregate": aggregate}
 
 
 def _joint_entropy(n11, n1i, n1j, total):
