@@ -5,14 +5,13 @@ first use, so ``import kerasprune`` and ``kerasprune --help`` stay fast and quie
 imported, through ``kerasprune._keras``, by the modules that need it.
 """
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module 'kerasprune' has no attribute {name!r}") from None
+    """``kerasprune.<submodule>`` without importing it first (an unknown name stays an AttributeError)."""
+    if importlib.util.find_spec(f"{__name__}.{name}") is None:
+        raise AttributeError(f"module 'kerasprune' has no attribute {name!r}")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -10,6 +10,7 @@ import pkgutil
 import sys
 
 import kerasprune.commands
+from kerasprune import __version__
 from kerasprune.errors import KerasPruneError
 
 
@@ -35,8 +36,6 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="kerasprune",
         description="Prune Keras networks (LOBSTER, one-shot baselines) and analyse their minima.")
-    from kerasprune import __version__
-
     parser.add_argument("--version", action="version", version=f"kerasprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from kerasprune import sparsity
+from kerasprune import _tfmot, sparsity
 from kerasprune._keras import keras, tf
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
@@ -140,8 +140,6 @@ def compact(model, max_passes=10, return_plans=False):
     and removes nothing unless ``max_passes`` ran out.
     """
     if sparsity.has_wrappers(model):
-        from kerasprune import _tfmot  # TF-MOT is slow to import: only for models that hold wrappers
-
         model = _tfmot.plain_copy(model)
     else:
         model = _own_graph(model)

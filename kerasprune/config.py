@@ -1,38 +1,161 @@
-"""The settings every kind of run shares: model, data split, optimiser, distribution strategy.
+"""The settings of every kind of run, each defined once: its name, default, check and help text.
 
-``TrainConfig`` (plain training), ``LobsterConfig`` (a LOBSTER run) and ``SweepConfig`` (a Figure 1
-setup) extend :class:`RunSettings` with their own fields, so a setting has one name, one default and
-one check everywhere, and the CLI fills them all through :func:`settings_from_args`. This module
-imports no TensorFlow (``kerasprune --help`` stays fast).
+:class:`RunSettings` (model, data, optimiser, strategy) is what every run shares; :class:`TrainConfig`
+(plain training) and :class:`LobsterConfig` (a LOBSTER run) add the length and seed of a training
+(:class:`TrainingRun`), and ``kerasprune.sweep.SweepConfig`` (a Figure 1 setup) adds its own fields
+and nests a ``LobsterConfig``. Each field's ``--help`` text sits beside it (:func:`setting`), as in
+open_lth's hparams: :func:`add_arguments` makes a command's flags from the fields and
+:func:`from_args` the config from the parsed flags, so a default lives in one place.
+
+The commands import this module for ``kerasprune --help``, so it imports no TensorFlow at import:
+the checks and helpers that need it (``data``, ``models``, ``optimizers``) import it when they run.
 """
+import argparse
 import dataclasses
 import numbers
 import os
 import typing
-from typing import Optional
+from typing import Optional, Tuple
 
+from kerasprune.distribute import strategy_flag
 from kerasprune.errors import KerasPruneError
+from kerasprune.pure.schedule import SEARCH_RULES
+from kerasprune.pure.sparsity import DEFAULT_KINDS
 
+
+# ---------------------------------------------------------------------------------------------
+# Fields with their help text, and the flags made from them.
+
+def setting(default=dataclasses.MISSING, help="", *, factory=dataclasses.MISSING, flag=None, type=None,
+            metavar=None, choices=None, shown_default=None):
+    """A dataclass field with its ``--help`` text beside it.
+
+    ``flag``: the option when it is not ``--<name-with-dashes>``; ``type``: the argparse type when the
+    annotation's is not enough (e.g. :func:`positive_int`); ``shown_default``: how ``--help`` states the
+    default when the value alone would not say it (``$KERASPRUNE_DATA_DIR`` for ``None``)."""
+    metadata = dict(help=help, flag=flag, type=type, metavar=metavar, choices=choices, shown_default=shown_default)
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1 (0 or a negative count would mean "all" or fail deep inside)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def comma_separated(text):
+    """argparse type of tuple settings: ``"kernel, bias"`` -> ``("kernel", "bias")``."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def add_arguments(parser, cls, names, required=(), overrides=False):
+    """Adds the flags of ``cls``'s fields ``names`` to ``parser`` (or an argument group), in that order.
+
+    Each flag is ``--<name-with-dashes>`` (or the field's ``flag``) and stores into the field's name,
+    with the field's default, help and a type read from its annotation: ``bool`` a switch, a list
+    ``nargs="+"``, a tuple one comma-separated word. ``required``: flags the command insists on (the
+    field's default is not used). ``overrides``: flags that replace a config file's value only when
+    given (default None), as ``kerasprune sweep --seeds`` does.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names:
+        meta, default = fields[name].metadata, _default_of(fields[name])
+        flag = meta.get("flag") or "--" + name.replace("_", "-")
+        kwargs = _parsing(_without_none(hints[name]), meta)
+        if isinstance(default, tuple):
+            default = ",".join(default)  # argparse passes a text default through ``type`` too
+        help_text, shown = meta.get("help", "").replace("%", "%%"), meta.get("shown_default")
+        if name in required:
+            kwargs.update(required=True, default=None)
+        elif overrides:
+            kwargs["default"] = None
+            fallback = shown or default
+            help_text += " (default: the config's" + ("" if fallback is None else f", else {fallback}") + ")"
+        else:
+            kwargs["default"] = default
+            if shown:  # else the help formatter states the value (kerasprune.cli)
+                help_text += f" (default: {shown})"
+        if meta.get("flag") and "metavar" not in kwargs:
+            kwargs["metavar"] = flag.lstrip("-").replace("-", "_").upper()  # argparse's name for it
+        parser.add_argument(flag, dest=name, help=help_text, **kwargs)
+
+
+def _parsing(hint, meta):
+    """How argparse reads a field annotated ``hint``: its ``action`` or ``type``, ``nargs``, ``metavar``
+    and ``choices``."""
+    if hint is bool:
+        return {"action": "store_true"}
+    kwargs = {"type": meta.get("type"), "metavar": meta.get("metavar"), "choices": meta.get("choices")}
+    if typing.get_origin(hint) is list:
+        kwargs["nargs"] = "+"
+        hint = typing.get_args(hint)[0]
+    elif typing.get_origin(hint) is tuple:
+        hint = comma_separated
+    kwargs["type"] = kwargs["type"] or (None if hint is str else hint)
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def from_args(cls, args, **given):
+    """A ``cls`` from parsed flags: each of its fields that ``args`` holds (:func:`add_arguments`
+    stores a flag under its field's name), then ``given``."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(args, f.name)}
+    return cls(**{**values, **given})
+
+
+def own_fields(cls, base):
+    """The names of ``cls``'s fields that ``base`` lacks, in their order (e.g. LOBSTER's own settings)."""
+    inherited = {f.name for f in dataclasses.fields(base)}
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in inherited)
+
+
+def _default_of(field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _without_none(hint):
+    """``Optional[X]`` -> ``X``."""
+    if typing.get_origin(hint) is typing.Union:
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else hint
+    return hint
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings.
 
 @dataclasses.dataclass
 class RunSettings:
     """Model, data and optimiser settings (defaults: the paper code's SGD settings)."""
 
-    model: str = "lenet300"
-    dataset: str = "mnist"
-    batch_size: int = 100  # global batch: split over the replicas of a distribution strategy
-    lr: float = 0.1
-    momentum: float = 0.0
-    # Coupled L2 decay, PyTorch SGD's weight_decay: g <- g + weight_decay * w before the optimizer's
-    # update (optimizers.make_optimizer). 0: none. Missing from an old config.json counts as 0.
-    weight_decay: float = 0.0
-    optimizer: str = "sgd"
-    val_fraction: float = 0.1
-    split_seed: int = 0  # seed of the train/validation split (independent of the training seed)
-    data_dir: Optional[str] = None
-    max_train_examples: Optional[int] = None
-    max_test_examples: Optional[int] = None
-    strategy: str = "default"
+    model: str = setting("lenet300", "lenet300, lenet5 or resnet32")
+    dataset: str = setting("mnist", "mnist, fashion_mnist, cifar10, or the path of a class-per-folder image tree")
+    batch_size: int = setting(100, "global batch size (split over replicas under --strategy)")
+    lr: float = setting(0.1, "learning rate")
+    momentum: float = setting(0.0, "momentum of the optimizers that have one (SGD, RMSprop)")
+    # Coupled L2 decay: make_optimizer folds it into the gradient. Missing from an old config.json: 0.
+    weight_decay: float = setting(0.0, "L2 weight decay as PyTorch SGD's weight_decay: wd * w is added to the "
+                                       "gradient before the optimizer's update (momentum, step), for every "
+                                       "trainable variable", shown_default="0, none")
+    optimizer: str = setting("sgd", "any Keras optimizer name")
+    val_fraction: float = setting(0.1, "fraction of the training set held out for validation")
+    split_seed: int = setting(0, "seed of the train/validation split")  # independent of the training seed
+    data_dir: Optional[str] = setting(None, "local data dir with mnist/, fashion_mnist/, cifar10_jpeg/",
+                                      shown_default="$KERASPRUNE_DATA_DIR; unset: download with TFDS")
+    max_train_examples: Optional[int] = setting(None, "use only the first N training examples (quick runs)",
+                                                type=positive_int)
+    max_test_examples: Optional[int] = setting(None, "use only the first N test examples (quick runs)",
+                                               type=positive_int)
+    strategy: str = setting("default", "tf.distribute strategy: default, one_device, mirrored, multiworker, tpu, "
+                                       "optionally with devices, e.g. mirrored:/gpu:0,/gpu:1", type=strategy_flag,
+                            metavar="SPEC", shown_default="one device; see docs/distributed.md")
 
     def __post_init__(self):
         _check_types(self)
@@ -53,7 +176,7 @@ class RunSettings:
         if self.max_train_examples is not None and round(self.max_train_examples * self.val_fraction) < 1:
             raise KerasPruneError(f"max_train_examples {self.max_train_examples} leaves no validation example "
                                   f"at val_fraction {self.val_fraction}")
-        from kerasprune import data, models, optimizers  # here: models and optimizers import TensorFlow
+        from kerasprune import data, models, optimizers
 
         if self.dataset not in data.DATASETS and not os.path.isdir(self.dataset):
             data.spec(self.dataset)  # raises the unknown-name error, before any run folder is made
@@ -87,6 +210,71 @@ class RunSettings:
                          shuffle_seed=shuffle_seed, max_train_examples=self.max_train_examples,
                          max_test_examples=self.max_test_examples, **kwargs)
 
+
+@dataclasses.dataclass
+class TrainingRun(RunSettings):
+    """A run that trains one model: the shared settings plus its length and seed."""
+
+    epochs: int = setting(10, "epochs to train", type=positive_int)
+    seed: int = setting(0, "seed of initial weights and data order (same seed, same run)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.epochs < 1:
+            raise KerasPruneError(f"epochs must be >= 1, got {self.epochs}")
+
+
+@dataclasses.dataclass
+class TrainConfig(TrainingRun):
+    """A plain training run (``kerasprune train``, and every retraining of a sweep)."""
+
+    export_dir: Optional[str] = setting(None, "root of SavedModel exports",
+                                        shown_default="$KERASPRUNE_SAVED_MODELS or ./saved_models")
+
+
+@dataclasses.dataclass
+class LobsterConfig(TrainingRun):
+    """A LOBSTER run (``optimizer`` is the base optimizer LOBSTER wraps; defaults: the paper code's
+    LeNet settings). Its own fields are the ``lobster`` group of ``kerasprune lobster``'s flags."""
+
+    epochs: int = setting(1000, "epochs to train (LOBSTER itself has no stopping rule)", type=positive_int)
+    lmbda: float = setting(1e-4, "sensitivity regularisation strength, not scaled by the lr")
+    twt: float = setting(0.05, "admissible relative validation-loss increase per pruning")
+    pwe: int = setting(20, "plateau patience in epochs", type=positive_int)
+    good_margin: float = setting(0.01, "an epoch is good if val loss < (1 + margin) * best")
+    tolerance: float = setting(0.05, "fraction of the loss bound in the threshold search's stop rule")
+    threshold_search: str = setting(
+        "reference", "reference: the authors' bisection, pruning at the midpoint once the two ends' losses are "
+                     "within tolerance of each other; conservative: prune at the admissible lower end once both "
+                     "are within tolerance of the bound (cuts less per plateau)", choices=SEARCH_RULES)
+    stop_at_pruned: Optional[float] = setting(
+        None, "stop once an operating point has at least PCT% of the parameters pruned", metavar="PCT",
+        shown_default="train for all --epochs")
+    lr_plateau: bool = setting(False, "ReduceLROnPlateau on val loss (factor 0.1, patience 10, cooldown 50)")
+    kinds: Tuple[str, ...] = setting(DEFAULT_KINDS, "parameter kinds pruned and counted, comma-separated",
+                                     flag="--prune")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.kinds = tuple(self.kinds)
+        if self.pwe < 1:
+            raise KerasPruneError(f"pwe must be >= 1, got {self.pwe}")
+        if self.stop_at_pruned is not None and not 0 < self.stop_at_pruned <= 100:
+            raise KerasPruneError(f"stop_at_pruned must be in (0, 100], got {self.stop_at_pruned}")
+        for name in ("lmbda", "twt", "good_margin", "tolerance"):
+            if getattr(self, name) < 0:
+                raise KerasPruneError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.threshold_search not in SEARCH_RULES:
+            raise KerasPruneError(f"threshold_search must be one of {', '.join(SEARCH_RULES)}, "
+                                  f"got {self.threshold_search!r}")
+        unknown = set(self.kinds) - set(DEFAULT_KINDS)
+        if unknown or not self.kinds:
+            raise KerasPruneError(f"kinds must be a non-empty subset of {', '.join(DEFAULT_KINDS)}; "
+                                  f"got {', '.join(self.kinds) or 'nothing'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Type checks.
 
 def _check_types(config):
     """One-line errors for values of the wrong type (e.g. ``epochs = "2"`` in a TOML file), checked
@@ -122,9 +310,3 @@ def _allowed_types(hint):
     if origin is dict or hint is dict:
         return (dict,)
     return None
-
-
-def settings_from_args(args):
-    """The :class:`RunSettings` fields found in parsed command-line ``args`` (argparse uses the
-    same names), as keyword arguments."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(RunSettings) if hasattr(args, f.name)}

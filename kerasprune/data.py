@@ -17,10 +17,13 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
+import socket
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from kerasprune._keras import tf
 from kerasprune.errors import KerasPruneError
 from kerasprune.runs import atomic_path
 
@@ -102,19 +105,13 @@ class EpochStream:
 
     def permutation(self, epoch):
         """The order of the training examples in epoch ``epoch`` (numpy, for tests and users)."""
-        from kerasprune._keras import tf
-
         return self._permutation(tf.constant(epoch, tf.int64)).numpy()
 
     def _permutation(self, epoch):
-        from kerasprune._keras import tf
-
         seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
         return tf.random.experimental.stateless_shuffle(tf.range(len(self.x), dtype=tf.int64), seed=seed)
 
     def __call__(self, start_epoch=0):
-        from kerasprune._keras import tf
-
         x, y = tf.constant(self.x), tf.constant(self.y)
         normalize = _normalizer(self.dspec)
         height, width, channels = self.x.shape[1:]
@@ -143,8 +140,6 @@ class EpochStream:
 
 
 def _normalizer(dspec):
-    from kerasprune._keras import tf
-
     mean = tf.constant(dspec.mean, tf.float32)
     std = tf.constant(dspec.std, tf.float32)
 
@@ -247,8 +242,6 @@ def splits_from_arrays(arrays, dspec, batch_size=100, shuffle_seed=0, augment=No
 
 def pipeline(x, y, dspec, batch_size, training=False, seed=0, augment=False):
     """uint8 images -> shuffled (training), augmented (optional), normalised, batched, prefetched."""
-    from kerasprune._keras import tf
-
     normalize = _normalizer(dspec)
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
     if training:
@@ -327,8 +320,7 @@ def _expected_layout(dspec):
 
 def _read_tfds(dspec, manual_dir):
     """Whole splits through TFDS, as arrays (these datasets fit in memory many times over)."""
-    from kerasprune._keras import tf  # noqa: F401  (TF must load through _keras first)
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # slow to import, and only MNIST and Fashion-MNIST need it
 
     tfds.disable_progress_bar()
     kwargs = {}
@@ -362,8 +354,6 @@ TFDS_DOWNLOAD_HOST = "storage.googleapis.com"
 
 def _prepared(dspec):
     """True if TFDS already built this dataset in our cache (no download needed, even offline)."""
-    import re
-
     root = os.path.join(cache_dir(), "tfds", dspec.tfds_name)
     # Finished versions only ("3.0.1"; TFDS builds in "3.0.1.incomplete.XXXX" and renames at the end).
     return os.path.isdir(root) and any(re.fullmatch(r"\d+\.\d+\.\d+", v)
@@ -372,8 +362,6 @@ def _prepared(dspec):
 
 
 def _require_network(dspec):
-    import socket
-
     try:
         socket.getaddrinfo(TFDS_DOWNLOAD_HOST, 443)
     except OSError as exc:
@@ -447,8 +435,6 @@ def _mixed(x, y):
 
 
 def _decode_all(files):
-    from kerasprune._keras import tf
-
     if not files:
         return np.zeros((0, 1, 1, 1), np.uint8)
     first = tf.io.decode_image(tf.io.read_file(files[0]), expand_animations=False)

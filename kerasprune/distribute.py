@@ -14,8 +14,10 @@ Batch sizes in kerasprune are *global*: ``batch_size=100`` under 4 replicas mean
 replica and one weight update per 100 examples, exactly as on one device; :func:`per_replica_batch`
 and :func:`global_batch` convert. Only the chief (:func:`is_chief`) writes results, logs and exports.
 
-This module imports TensorFlow only inside functions, so the CLI can validate the flag instantly.
+This module imports TensorFlow only inside functions: the commands and :mod:`kerasprune.config` import it
+for ``kerasprune --help`` and to check ``--strategy``, which must stay instant.
 """
+import argparse
 import contextlib
 import json
 import os
@@ -54,8 +56,6 @@ def parse_strategy(spec):
 
 def strategy_flag(text):
     """argparse ``type=`` for ``--strategy``: validates the spec without importing TensorFlow."""
-    import argparse
-
     try:
         parse_strategy(text)
     except KerasPruneError as exc:

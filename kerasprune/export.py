@@ -18,12 +18,15 @@ from typing import Optional
 
 import numpy as np
 
-from kerasprune import models, runs, sparsity
+from kerasprune import _tfmot, compaction, data, models, runs, sparsity
 from kerasprune._keras import keras, tf
 from kerasprune.config import RunSettings
 from kerasprune.distribute import is_chief
-from kerasprune.sparsity import has_wrappers  # noqa: F401  (export.has_wrappers, as before)
 from kerasprune.errors import KerasPruneError
+from kerasprune.lobster import load_operating_point
+from kerasprune.pure.points import read_operating_points
+from kerasprune.sparsity import has_wrappers  # noqa: F401  (export.has_wrappers, as before)
+from kerasprune.training import export_saved_model
 
 LOBSTER_POINTS = runs.POINTS_CSV  # the LOBSTER run-folder contract (kerasprune.pure.points)
 COMPACT_SUFFIX = "_compact"
@@ -35,8 +38,6 @@ def plain_copy(model):
     wrapped weight multiplied by its mask (:func:`kerasprune._tfmot.plain_copy`). ``model`` itself is
     left untouched."""
     if has_wrappers(model):
-        from kerasprune import _tfmot  # TF-MOT is slow to import: only for models that hold wrappers
-
         plain = _tfmot.plain_copy(model)
     else:
         with model.distribute_strategy.scope():
@@ -54,8 +55,6 @@ def save(model, path):
 
     Only the chief writes (under multi-worker training every worker calls this). Returns ``path``.
     """
-    from kerasprune.training import export_saved_model
-
     plain = plain_copy(model) if has_wrappers(model) else model
     _require_standard_layers(plain)
     if is_chief():
@@ -159,8 +158,6 @@ def run_sources(run_dir, points="all", weights=()):
     a training run its best checkpoint. Extra ``weights`` files are exported as given (tag: the file
     name), instead of those defaults when the folder is not a LOBSTER run.
     """
-    from kerasprune.pure.points import read_operating_points
-
     sources = []
     csv_path = os.path.join(run_dir, LOBSTER_POINTS)
     if os.path.isfile(csv_path):
@@ -204,8 +201,6 @@ def run_sources(run_dir, points="all", weights=()):
 def load_source(run_dir, source):
     """The plain model of one :class:`Source` (TF-MOT-wrapped weight files are stripped)."""
     if source.point is not None:
-        from kerasprune.lobster import load_operating_point
-
         return load_operating_point(run_dir, source.point)
     return load_weights(build_from_run(run_dir)[0], source.weights)
 
@@ -229,8 +224,6 @@ def load_weights(model, weights):
         raise KerasPruneError(f"{weights} cannot be read ({str(exc).splitlines()[0][:120]}): the file is "
                               "damaged; restore it or rerun the run that wrote it") from None
     except (ValueError, KeyError) as plain_error:
-        from kerasprune import _tfmot
-
         wrapped = _tfmot.wrap_default(model)
         try:
             wrapped.load_weights(weights)
@@ -250,8 +243,6 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
     test accuracy and the largest logit difference of the two SavedModels as loaded back. A tag whose
     report exists is skipped unless ``force``, so rerunning a killed export finishes it.
     """
-    from kerasprune import compaction
-
     results = {}
     for source in run_sources(run_dir, points, weights):
         sparse_dir = runs.export_path(run_dir, export_dir, source.tag)
@@ -290,8 +281,6 @@ def export_run(run_dir, export_dir=None, points="all", weights=(), compact=True,
 
 def _evaluate_exports(report, config, max_test_examples):
     """Test accuracy of the exported SavedModels as loaded back, and their largest logit gap."""
-    from kerasprune import data
-
     splits = data.load(config["dataset"], data_dir=config.get("data_dir"), batch_size=1000,
                        val_fraction=config.get("val_fraction", 0.1), split_seed=config.get("split_seed", 0),
                        max_test_examples=max_test_examples)
@@ -350,5 +339,5 @@ def _require_standard_layers(model):
                                   "standard Keras layer; the SavedModel would not load without that code")
 
 
-__all__ = ["plain_copy", "strip", "has_wrappers", "save", "size_report", "SizeReport", "to_tflite", "serving_logits", "export_run",
-           "run_sources", "load_source", "build_from_run", "load_weights", "gzip_bytes", "dir_bytes"]
+__all__ = ["plain_copy", "strip", "has_wrappers", "save", "size_report", "SizeReport", "to_tflite", "serving_logits",
+           "export_run", "run_sources", "load_source", "build_from_run", "load_weights", "gzip_bytes", "dir_bytes"]

@@ -1,4 +1,4 @@
-"""The Figure 1 sweep: every one-shot baseline at every LOBSTER operating point, for N seeds.
+"""The Figure 1 sweep: every baseline at every LOBSTER operating point, for N seeds.
 
 A sweep is described by a TOML file (``experiments/<setup>.toml``, see docs/sweep.md) and runs in an
 output folder ``OUT``:
@@ -11,48 +11,82 @@ output folder ``OUT``:
   - ``OUT/figure1.png``, ``OUT/exports.json`` (SavedModels of the G and best 1-S solutions).
 Killed and rerun, a sweep skips every (method, variant, point, seed) already in the table and
 resumes unfinished runs; two sweeps on one folder split the work through per-run file locks.
+
+The baselines are the :data:`METHODS` registry. The modules that train (``oneshot``, ``masks``,
+``lobster``, ``training``) import TensorFlow, so they are imported inside the functions that use them:
+``kerasprune sweep --help`` reads :class:`SweepConfig`'s fields from here, and the command sets each
+worker's thread count before TensorFlow loads.
 """
 import dataclasses
 import math
 import os
-import sys
 import time
-from typing import Any, Dict, List, Optional
+import tomllib
+from typing import Callable, List, Optional
 
-from kerasprune import runs
-from kerasprune.config import RunSettings
-from kerasprune.distribute import parse_strategy
+from kerasprune import report, results, runs
+from kerasprune.config import LobsterConfig, RunSettings, TrainConfig, setting
+from kerasprune.distribute import declare_strategy, is_chief, parse_strategy
 from kerasprune.errors import KerasPruneError
+from kerasprune.pure.points import read_operating_points as read_points
+from kerasprune.registry import Registry
 from kerasprune.results import ResultsTable, file_lock, key_of
 
-BASELINES = ("lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp",
-             "polynomial_decay")
 # Fresh initialisations use seed FRESH_INIT_SEED_OFFSET + s, away from LOBSTER's (small) seeds.
 FRESH_INIT_SEED_OFFSET = 10_000
 ONESHOT_FOR_EXPORT = ("lottery_rewind", "random_reinit", "random_structure")  # the paper's "1-S"
 
 
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """How the sweep runs one baseline. ``retrain(ctx, job, config, run_dir, verbose)`` returns the
+    run's result (None: it recorded its rows itself, as IMP's chain does once per level)."""
+
+    retrain: Callable
+    fresh_init: bool = False  # initialised from a fresh seed, never LOBSTER's (:meth:`_Context.fresh_init_seed`)
+    variants: Optional[str] = None  # the SweepConfig field that lists its variants (one run each)
+    per_seed: bool = False  # one run per seed covers every point (a chain of rounds)
+
+
+METHODS = Registry("sweep method")  # registered in Figure 1's order, which a sweep runs and results.csv keeps
+
+
+def method(name, **kind):
+    """Registers the decorated ``retrain`` function as the baseline ``name`` (``kind``: :class:`Method` fields)."""
+    def decorator(retrain):
+        METHODS.register(name)(Method(retrain, **kind))
+        return retrain
+
+    return decorator
+
+
 @dataclasses.dataclass
 class SweepConfig(RunSettings):
     """One setup of Figure 1: the shared :class:`~kerasprune.config.RunSettings` (they apply to the
-    dense runs and to every retraining) plus these."""
+    dense runs and to every retraining) plus these, the top-level keys of its TOML file."""
 
-    name: str = "sweep"
-    seeds: List[int] = dataclasses.field(default_factory=lambda: [0, 1])
-    methods: List[str] = dataclasses.field(default_factory=lambda: list(BASELINES))
-    magnitude_scopes: List[str] = dataclasses.field(default_factory=lambda: ["layer", "global"])
-    points: Optional[List[int]] = None  # operating point indices to run (None: all with sparsity > 0)
-    epochs: int = 10  # retraining epochs (and epochs of each IMP round)
-    dense_epochs: int = 10  # training of the dense model the magnitude baselines prune
-    imp_rate: float = 0.2  # fraction of the kept kernels each IMP round prunes
-    lobster_dir: Optional[str] = None  # an existing LOBSTER run folder (default: OUT/lobster, run if missing)
-    lobster: Dict[str, Any] = dataclasses.field(default_factory=dict)  # LobsterConfig fields
+    name: str = setting("sweep", "the setup's name, in the figure's title (load_config: the file's name)")
+    seeds: List[int] = setting(help="seeds of every baseline; LOBSTER uses the first", factory=lambda: [0, 1])
+    methods: List[str] = setting(help="baselines to run", factory=lambda: list(METHODS),
+                                 shown_default="every baseline")
+    magnitude_scopes: List[str] = setting(help="variants of magnitude_oneshot: layer (TF-MOT), global (open_lth)",
+                                          factory=lambda: ["layer", "global"])
+    points: Optional[List[int]] = setting(None, "LOBSTER operating points (indices) to run",
+                                          shown_default="every finished point with sparsity > 0")
+    epochs: int = setting(10, "retraining epochs of every baseline (and of each IMP round)")
+    dense_epochs: int = setting(10, "training epochs of the dense model the magnitude baselines prune")
+    imp_rate: float = setting(0.2, "fraction of the kept kernels each IMP round prunes")
+    lobster_dir: Optional[str] = setting(None, "use this existing LOBSTER run folder (its finished operating "
+                                               "points) instead of running LOBSTER in OUT/lobster")
+    # The [lobster] table: a dict of LobsterConfig fields becomes the LobsterConfig, checked here.
+    lobster: Optional[LobsterConfig] = setting(None, "the LOBSTER run's settings: the [lobster] table's, else "
+                                                     "the shared settings above and the first seed")
 
     def __post_init__(self):
         super().__post_init__()
-        unknown = set(self.methods) - set(BASELINES)
+        unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise KerasPruneError(f"unknown methods {sorted(unknown)}; valid names are: {', '.join(BASELINES)}")
+            raise KerasPruneError(f"unknown methods {sorted(unknown)}; valid names are: {', '.join(METHODS)}")
         bad = set(self.magnitude_scopes) - {"layer", "global"}
         if bad:
             raise KerasPruneError(f"unknown magnitude_scopes {sorted(bad)}; valid: layer, global")
@@ -66,18 +100,29 @@ class SweepConfig(RunSettings):
             raise KerasPruneError("a sweep cannot run under multiworker: its runs are independent, so start "
                                   "one sweep process per machine or device on the same --out instead "
                                   "(docs/distributed.md); use multiworker for single train/lobster runs")
+        if not isinstance(self.lobster, LobsterConfig):
+            self.lobster = self._lobster_config(self.lobster or {})
+
+    def _lobster_config(self, table):
+        """The LOBSTER run's config: the sweep's shared settings and first seed, then ``table``'s values."""
+        if not isinstance(table, dict):
+            raise KerasPruneError(f"lobster must be a table of LobsterConfig fields, got {table!r}")
+        valid = {f.name for f in dataclasses.fields(LobsterConfig)}
+        unknown = set(table) - valid
+        if unknown:
+            raise KerasPruneError(f"[lobster] has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
+        try:
+            return LobsterConfig(**{**self.settings(), "seed": self.seeds[0], **table})
+        except KerasPruneError as exc:
+            raise KerasPruneError(f"[lobster] {exc}") from None
 
     def train_config(self, seed, epochs=None):
-        from kerasprune.training import TrainConfig
-
         return TrainConfig(**self.settings(), seed=seed, epochs=self.epochs if epochs is None else epochs)
 
 
 def load_config(path, **overrides):
     """A :class:`SweepConfig` from a TOML file: top-level keys are its fields, ``[lobster]`` the
     LobsterConfig fields. ``overrides`` (non-None) replace file values."""
-    import tomllib
-
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -100,40 +145,26 @@ def load_config(path, **overrides):
 def read_operating_points(lobster_dir):
     """The finished operating points of ``lobster_dir`` (rows with a test error), numbers parsed:
     :func:`kerasprune.pure.points.read_operating_points` with ``finished=True``."""
-    from kerasprune.pure.points import read_operating_points as read
-
-    return read(lobster_dir, finished=True)
+    return read_points(lobster_dir, finished=True)
 
 
 def ensure_lobster(config, out, verbose="auto"):
     """The LOBSTER run folder of the sweep.
 
     ``lobster_dir`` from the config is used as it is. Otherwise ``OUT/lobster`` is run (or resumed,
-    or found finished) with ``kerasprune.lobster.run``; if that module is not installed, existing
-    operating points there are used as they are.
+    or found finished) with ``kerasprune.lobster.run`` and the config's nested ``lobster`` settings.
     """
     if config.lobster_dir:
         if not os.path.isfile(os.path.join(config.lobster_dir, runs.POINTS_CSV)):
             raise KerasPruneError(f"lobster_dir {config.lobster_dir!r} has no {runs.POINTS_CSV}")
         _check_same_setup(config, config.lobster_dir)
         return config.lobster_dir
+    from kerasprune import lobster
+
     lobster_dir = os.path.join(out, runs.SWEEP_LOBSTER)
-    try:
-        from kerasprune import lobster
-    except ImportError as exc:
-        if os.path.isfile(os.path.join(lobster_dir, runs.POINTS_CSV)):
-            return lobster_dir
-        raise KerasPruneError(f"no operating points in {lobster_dir} and kerasprune.lobster is not "
-                              f"available ({exc}); set lobster_dir to a LOBSTER run folder") from None
-    fields = {f.name for f in dataclasses.fields(lobster.LobsterConfig)}
-    unknown = set(config.lobster) - fields
-    if unknown:
-        raise KerasPruneError(f"[lobster] has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(fields))}")
-    # The sweep's shared settings and first seed, then the [lobster] table's overrides.
-    kwargs = {**config.settings(), "seed": config.seeds[0], **config.lobster}
     with file_lock(lobster_dir + ".lock"):
         print(f"[sweep] LOBSTER run {lobster_dir} (its operating points drive the sweep)", flush=True)
-        lobster.run(lobster.LobsterConfig(**kwargs), lobster_dir, verbose=verbose)
+        lobster.run(config.lobster, lobster_dir, verbose=verbose)
     return lobster_dir
 
 
@@ -178,14 +209,15 @@ def jobs_for(config, points):
     """Every run of the sweep, point by point (so a partial sweep already covers the low sparsities)."""
     jobs = []
     for row in points:
-        for method in config.methods:
-            if method == "imp":
+        for name in config.methods:
+            kind = METHODS[name]
+            if kind.per_seed:
                 continue
-            variants = config.magnitude_scopes if method == "magnitude_oneshot" else [""]
-            for variant in variants:
-                jobs += [Job(method, variant, row["point"], s) for s in config.seeds]
-    if "imp" in config.methods:
-        jobs += [Job("imp", "", None, s) for s in config.seeds]
+            for variant in getattr(config, kind.variants) if kind.variants else [""]:
+                jobs += [Job(name, variant, row["point"], s) for s in config.seeds]
+    for name in config.methods:
+        if METHODS[name].per_seed:
+            jobs += [Job(name, "", None, s) for s in config.seeds]
     return jobs
 
 
@@ -200,9 +232,6 @@ def run(config, out, verbose="auto", only=None, assemble=True):
     figure and the exports (a worker beside other processes of the same sweep); a plain run on a
     folder whose runs are all done only assembles them.
     """
-    from kerasprune import report
-    from kerasprune.distribute import declare_strategy, is_chief
-
     declare_strategy(config.strategy)  # before the first write (a stale TF_CONFIG must not mute it)
     os.makedirs(out, exist_ok=True)
     if is_chief():
@@ -232,8 +261,6 @@ def run(config, out, verbose="auto", only=None, assemble=True):
         ctx.run_job(job, blocking=True)
     rows = table.rows()
     if only is None and assemble and is_chief():
-        from kerasprune import results
-
         with file_lock(os.path.join(out, "exports.lock")):  # two sweeps finishing together
             report.figure1(results.read(table.path), os.path.join(out, runs.FIGURE1),
                            title=f"{config.name}: {config.model} on {config.dataset}")
@@ -309,8 +336,6 @@ def _row(method, variant, point, seed, result, target_pct, run_dir):
 
 
 def _append(table, row):
-    from kerasprune.distribute import is_chief
-
     return table.append(row) if is_chief() else False
 
 
@@ -368,7 +393,7 @@ class _Context:
             self._execute(job, run_dir)
         return True
 
-    def _record(self, job, point, result, run_dir):
+    def record(self, job, point, result, run_dir):
         row = _row(job.method, job.variant, point, job.seed, result,
                    self.by_point[point]["pruned_params_pct"], os.path.relpath(run_dir, self.out))
         if _append(self.table, row):
@@ -378,41 +403,16 @@ class _Context:
             self._progress(job, point, result)
 
     def _execute(self, job, run_dir):
-        from kerasprune import oneshot
-
-        config = self.config
-        cfg = config.train_config(job.seed)
-        row = self.by_point.get(job.point)
-        kw = {"verbose": self.verbose}
+        method = METHODS[job.method]
+        config = self.config.train_config(job.seed)
         print(f"[sweep] run {self.finished + 1}/{self.total}: {job.method}"
               f"{' ' + job.variant if job.variant else ''} point "
               f"{job.point if job.point is not None else 'all'} seed {job.seed} -> {run_dir}", flush=True)
-        if job.method == "lottery_rewind":
-            result = oneshot.lottery_rewind(cfg, run_dir, self.mask(job.point),
-                                            runs.run_file(self.lobster_dir, runs.INITIAL_WEIGHTS), **kw)
-        elif job.method == "random_reinit":
-            cfg = dataclasses.replace(cfg, seed=self.fresh_init_seed(job.seed))
-            result = oneshot.random_reinit(cfg, run_dir, self.mask(job.point), **kw)
-        elif job.method == "random_structure":
-            cfg = dataclasses.replace(cfg, seed=self.fresh_init_seed(job.seed))
-            result = oneshot.random_structure(cfg, run_dir, self.mask(job.point),
-                                              mask_seed=[job.seed, job.point], **kw)
-        elif job.method in ("magnitude_oneshot", "polynomial_decay"):
-            _, _, (_, trained) = self.dense(job.seed)
-            if job.method == "magnitude_oneshot":
-                result = oneshot.magnitude_oneshot(cfg, run_dir, trained, row["pruned_params_pct"],
-                                                   scope=job.variant, **kw)
-            else:
-                result = oneshot.polynomial_decay(cfg, run_dir, trained, row["pruned_params_pct"], **kw)
-        elif job.method == "imp":
-            dense_dir, _, _ = self.dense(job.seed)
-            targets = {p["pruned_params_pct"]: p["point"] for p in self.points}
-            oneshot.imp(cfg, run_dir, dense_dir, sorted(targets), rate=config.imp_rate,
-                        on_level=lambda pct, res: self._record(job, targets[pct], res, res["run_dir"]), **kw)
-            return
-        else:  # guarded by SweepConfig
-            raise KerasPruneError(f"unknown method {job.method!r}")
-        self._record(job, job.point, result, run_dir)
+        if method.fresh_init:
+            config = dataclasses.replace(config, seed=self.fresh_init_seed(job.seed))
+        result = method.retrain(self, job, config, run_dir, self.verbose)
+        if result is not None:
+            self.record(job, job.point, result, run_dir)
 
     def _progress(self, job, point, result):
         elapsed = time.time() - self.started
@@ -423,6 +423,69 @@ class _Context:
         print(f"[sweep] run {self.finished}/{self.total} done: {name} point {point} seed {job.seed}: "
               f"test error {100 * result['test_error']:.2f}% at {result['pruned_params_pct']:.2f}% "
               f"pruned ({elapsed / 60:.1f} min this session{eta})", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The baselines (Figure 1's order). ``config`` is the run's TrainConfig; docs/sweep.md describes each.
+
+@method("lottery_rewind")
+def _lottery_rewind(ctx, job, config, run_dir, verbose):
+    """Frankle & Carbin: LOBSTER's mask on LOBSTER's initial weights."""
+    from kerasprune import oneshot
+
+    initial = runs.run_file(ctx.lobster_dir, runs.INITIAL_WEIGHTS)
+    return oneshot.lottery_rewind(config, run_dir, ctx.mask(job.point), initial, verbose=verbose)
+
+
+@method("random_reinit", fresh_init=True)
+def _random_reinit(ctx, job, config, run_dir, verbose):
+    """Liu et al.: LOBSTER's mask on a fresh initialisation."""
+    from kerasprune import oneshot
+
+    return oneshot.random_reinit(config, run_dir, ctx.mask(job.point), verbose=verbose)
+
+
+@method("random_structure", fresh_init=True)
+def _random_structure(ctx, job, config, run_dir, verbose):
+    """A random mask keeping LOBSTER's count in every tensor, drawn from (seed, point), on a fresh init."""
+    from kerasprune import oneshot
+
+    return oneshot.random_structure(config, run_dir, ctx.mask(job.point), mask_seed=[job.seed, job.point],
+                                    verbose=verbose)
+
+
+@method("magnitude_oneshot", variants="magnitude_scopes")
+def _magnitude_oneshot(ctx, job, config, run_dir, verbose):
+    """The trained dense model's kernels pruned once to the point's count (per layer or global), fine-tuned."""
+    from kerasprune import oneshot
+
+    _, _, (_, trained) = ctx.dense(job.seed)
+    return oneshot.magnitude_oneshot(config, run_dir, trained, ctx.by_point[job.point]["pruned_params_pct"],
+                                     scope=job.variant, verbose=verbose)
+
+
+@method("imp", per_seed=True)
+def _imp(ctx, job, config, run_dir, verbose):
+    """Iterative magnitude pruning from the dense model: one chain per seed, a row per point it passes."""
+    from kerasprune import oneshot
+
+    dense_dir, _, _ = ctx.dense(job.seed)
+    targets = {p["pruned_params_pct"]: p["point"] for p in ctx.points}
+    oneshot.imp(config, run_dir, dense_dir, sorted(targets), rate=ctx.config.imp_rate, verbose=verbose,
+                on_level=lambda pct, result: ctx.record(job, targets[pct], result, result["run_dir"]))
+
+
+@method("polynomial_decay")
+def _polynomial_decay(ctx, job, config, run_dir, verbose):
+    """TF-MOT's gradual PolynomialDecay from the trained dense model to the point's count."""
+    from kerasprune import oneshot
+
+    _, _, (_, trained) = ctx.dense(job.seed)
+    return oneshot.polynomial_decay(config, run_dir, trained, ctx.by_point[job.point]["pruned_params_pct"],
+                                    verbose=verbose)
+
+
+BASELINES = tuple(METHODS)
 
 
 # ---------------------------------------------------------------------------------------------

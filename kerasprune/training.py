@@ -10,35 +10,19 @@ and the one-shot baselines reuse, so all runs share one folder layout (:mod:`ker
 Optimizers by name come from :mod:`kerasprune.optimizers` (``training.make_optimizer`` still works).
 """
 import csv
-import dataclasses
 import math
 import os
 import sys
 import time
-from typing import Optional
 
 from kerasprune import models, runs
-from kerasprune.config import RunSettings
 from kerasprune._keras import keras, tf
-from kerasprune.distribute import is_chief
+from kerasprune.distribute import chief_path, declare_strategy, get_strategy, is_chief, save_weights
 from kerasprune.errors import KerasPruneError
 # Older homes of these names, still used by scripts, tests and docs (README: training.make_optimizer).
+from kerasprune.config import TrainConfig  # noqa: F401
 from kerasprune.optimizers import check_optimizer_name, make_optimizer  # noqa: F401
 from kerasprune.runs import check_same_config, read_json, write_json  # noqa: F401
-
-
-@dataclasses.dataclass
-class TrainConfig(RunSettings):
-    """A plain training run: the shared :class:`~kerasprune.config.RunSettings` plus these."""
-
-    epochs: int = 10
-    seed: int = 0  # seed of the initial weights and of the data order
-    export_dir: Optional[str] = None  # root of SavedModel exports (default ./saved_models)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.epochs < 1:
-            raise KerasPruneError(f"epochs must be >= 1, got {self.epochs}")
 
 
 # Training steps per call of Keras' compiled train function. Keras' per-step dispatch (the Python
@@ -257,8 +241,6 @@ def export_saved_model(model, path):
     Call it on every worker of a multi-worker run: saving runs collective ops, so a chief-only save
     hangs. Only the chief's copy is kept; other workers save to a temporary folder and delete it.
     """
-    from kerasprune.distribute import chief_path
-
     if not is_chief():
         with chief_path(path) as scratch:
             model.save(scratch, save_format="tf", include_optimizer=False)
@@ -275,16 +257,12 @@ def evaluate(model, dataset):
 
 def train(config, out, verbose="auto"):
     """Runs (or resumes, or returns the result of) one plain training run in folder ``out``."""
-    from kerasprune.distribute import declare_strategy
-
     declare_strategy(config.strategy)
     with runs.exclusive(out, enabled=is_chief()):  # one process per run folder
         return _train_in(config, out, verbose)
 
 
 def _train_in(config, out, verbose):
-    from kerasprune.distribute import get_strategy, save_weights
-
     done = runs.start(out, config, "train", resumable=("epochs", "export_dir"))
     if done is not None:
         return runs.already_finished(out, done, config.epochs)

@@ -25,10 +25,12 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from kerasprune import runs, sparsity, training
-from kerasprune.config import RunSettings
+from kerasprune import _tfmot, analysis, data, export, models, runs, sparsity, training
 from kerasprune._keras import keras, tf
+from kerasprune.config import RunSettings
+from kerasprune.distribute import declare_strategy, get_strategy, is_chief
 from kerasprune.errors import KerasPruneError
+from kerasprune.pure.points import read_operating_points
 
 PROBES = ("linear", "finetune")
 SELECTIONS = ("best", "final")
@@ -70,8 +72,6 @@ class TransferConfig(RunSettings):
         # source's, which has none when it is a SavedModel: only a given name is checked.
         model = self.model
         if model is None:
-            from kerasprune import models
-
             self.model = sorted(models.MODELS)[0]
         try:
             super().__post_init__()
@@ -133,8 +133,6 @@ def describe_source(path, point=None):
     retraining (or transfer) run its ``final.weights.h5``; a ``kerasprune train`` run its best
     checkpoint by validation loss.
     """
-    from kerasprune import export
-
     if not os.path.isdir(path):
         raise KerasPruneError(f"source {path} does not exist (give a run folder or a SavedModel directory)")
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -150,8 +148,6 @@ def describe_source(path, point=None):
                 data_dir=config.get("data_dir"))
     if os.path.isfile(os.path.join(path, LOBSTER_POINTS)):
         if point is None:
-            from kerasprune.pure.points import read_operating_points
-
             finished = [r["point"] for r in read_operating_points(path, finished=True)]
             raise KerasPruneError(f"{path} is a LOBSTER run: choose an operating point with --point N "
                                   f"(finished points: {finished or 'none'})")
@@ -171,8 +167,6 @@ def describe_source(path, point=None):
 
 def load_source(info):
     """The plain (unwrapped, uncompiled) model of a :class:`SourceInfo`, outside any strategy."""
-    from kerasprune import export
-
     if info.kind == "saved_model":
         try:
             return keras.models.load_model(info.path, compile=False)
@@ -275,8 +269,6 @@ def freeze_body(model):
 def source_mask(model, kinds=sparsity.DEFAULT_KINDS):
     """``{key: bool}`` over :func:`kerasprune._tfmot.masked_parameters`: kept = nonzero, except the
     classifier's parameters, all kept (the new head is dense)."""
-    from kerasprune import _tfmot
-
     head = classifier_layer(model).name
     return {k: (np.ones(v.shape, bool) if k.rsplit("/", 1)[0] == head else v.numpy() != 0)
             for k, v in _tfmot.masked_parameters(model, kinds).items()}
@@ -305,16 +297,12 @@ def draw_shots(labels, shots, seed, num_classes=None):
 
 @functools.lru_cache(maxsize=4)
 def _arrays(dataset, data_dir, val_fraction, split_seed):
-    from kerasprune import data
-
     return data.load_arrays(dataset, data_dir=data_dir, val_fraction=val_fraction, split_seed=split_seed)
 
 
 def target_arrays(config):
     """The target's :class:`kerasprune.data.Arrays`, cut to ``max_train_examples`` and
     ``max_test_examples`` as :func:`kerasprune.data.load` cuts them (read once per process)."""
-    from kerasprune import data
-
     arrays = _arrays(config.dataset, data.resolve_data_dir(config.data_dir), config.val_fraction,
                      config.split_seed)
     if not len(arrays.x_test):
@@ -334,8 +322,6 @@ def load_target(config):
     """``(splits, arrays, shots)``: the target's ``DatasetSplits`` (training on the shots when
     ``config.shots``; validation and test as usual), the arrays they were made from (the whole cut
     training split) and the indices of the shots in ``arrays.x_train`` (None without shots)."""
-    from kerasprune import data
-
     arrays = target_arrays(config)
     dspec = data.spec(config.dataset, config.data_dir)
     x, y, index = arrays.x_train, arrays.y_train, None
@@ -362,9 +348,6 @@ def prepare(config, source_model, num_classes, strategy=None):
     under ``"finetune"`` a TF-MOT-wrapped copy whose masks hold :func:`source_mask` (the plain model
     then only gives the architecture).
     """
-    from kerasprune import _tfmot
-    from kerasprune.distribute import get_strategy
-
     strategy = strategy or get_strategy(config.strategy)
     with strategy.scope():  # a copy in the strategy's scope: the source was loaded outside it
         body = keras.models.clone_model(source_model)
@@ -396,8 +379,6 @@ def _pruned_pct(model, exclude=None):
 def psp_summary(model, arrays, config, dspec):
     """First- and second-order PSP-entropy (and PSP L2) of ``model``'s hidden ReLU inputs on a seeded
     sample of ``config.psp_split`` (kerasprune convention; see docs/analysis.md)."""
-    from kerasprune import analysis, data
-
     x, y = {"train": (arrays.x_train, arrays.y_train), "validation": (arrays.x_val, arrays.y_val),
             "test": (arrays.x_test, arrays.y_test)}[config.psp_split]
     if len(x) > config.psp_examples:
@@ -424,8 +405,6 @@ def run(config, out, verbose="auto"):
     source zeros kept under fine-tuning), a SavedModel export, and last ``metrics.json``. One
     process at a time per folder (:func:`kerasprune.runs.exclusive`).
     """
-    from kerasprune.distribute import declare_strategy, is_chief
-
     config, info = resolve(config)
     declare_strategy(config.strategy)
     with runs.exclusive(out, enabled=is_chief()):  # one process per run folder
@@ -433,9 +412,6 @@ def run(config, out, verbose="auto"):
 
 
 def _run_in(config, info, out, verbose):
-    from kerasprune import _tfmot, analysis, data, export
-    from kerasprune.distribute import get_strategy, is_chief
-
     start = time.time()
     strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
@@ -518,8 +494,6 @@ def load_checkpoint(model, path, twin):
 
 def _check_body(final, body_before, mask, kinds):
     """Raises if the probe's promise broke: the frozen body changed, or a source zero came back."""
-    from kerasprune import _tfmot
-
     if body_before is not None:
         after = _body_values(final)
         changed = sorted(k for k, v in body_before.items() if not np.array_equal(v, after[k]))

@@ -1,11 +1,9 @@
 """The shared run settings: one name, one default and one check for every kind of run."""
-import argparse
 import dataclasses
 
 import pytest
 
-from kerasprune import config, sweep
-from kerasprune.commands import _common
+from kerasprune import cli, config, sweep
 from kerasprune.errors import KerasPruneError
 from kerasprune.lobster import LobsterConfig
 from kerasprune.training import TrainConfig
@@ -44,14 +42,35 @@ def test_sweep_passes_every_shared_setting_to_its_training_runs():
 
 
 def test_cli_arguments_fill_the_shared_settings():
-    parser = argparse.ArgumentParser()
-    _common.add_training_arguments(parser)
-    _common.add_data_arguments(parser)
-    _common.add_run_arguments(parser)
-    args = parser.parse_args(["--model", "lenet5", "--dataset", "mnist", "--lr", "0.01", "--out", "x",
-                              "--max-train-examples", "100", "--weight-decay", "1e-4"])
-    settings = config.settings_from_args(args)
-    assert set(settings) == SHARED
-    assert (settings["model"], settings["lr"], settings["max_train_examples"]) == ("lenet5", 0.01, 100)
-    assert settings["weight_decay"] == 1e-4
-    assert TrainConfig(**settings).settings() == settings
+    args = cli.build_parser().parse_args(["train", "--model", "lenet5", "--dataset", "mnist", "--lr", "0.01",
+                                          "--out", "x", "--max-train-examples", "100", "--weight-decay", "1e-4"])
+    train_config = config.from_args(TrainConfig, args)
+    assert SHARED <= set(vars(args))
+    assert (train_config.model, train_config.lr, train_config.max_train_examples) == ("lenet5", 0.01, 100)
+    assert train_config.weight_decay == 1e-4
+
+
+@pytest.mark.parametrize("command, cls", [("train", TrainConfig), ("lobster", LobsterConfig)])
+def test_flags_take_their_defaults_from_the_config_fields(command, cls):
+    args = cli.build_parser().parse_args([command, "--model", "lenet300", "--dataset", "mnist", "--out", "x"])
+    assert config.from_args(cls, args) == cls()  # every default in one place: the dataclass
+
+
+def test_lobster_flags_spell_the_kinds_as_one_comma_separated_word():
+    args = cli.build_parser().parse_args(["lobster", "--model", "lenet300", "--dataset", "mnist", "--out", "x",
+                                          "--prune", "kernel, bias", "--stop-at-pruned", "98", "--lr-plateau"])
+    lobster = config.from_args(LobsterConfig, args)
+    assert (lobster.kinds, lobster.stop_at_pruned, lobster.lr_plateau) == (("kernel", "bias"), 98.0, True)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["lobster", "--model", "lenet300", "--dataset", "mnist", "--out", "x",
+                                       "--pwe", "0"])
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, LobsterConfig, sweep.SweepConfig])
+def test_every_setting_has_its_help_text_beside_it(cls):
+    assert [f.name for f in dataclasses.fields(cls) if not f.metadata.get("help")] == []
+
+
+def test_sweep_flags_override_the_file_only_when_given():
+    args = cli.build_parser().parse_args(["sweep", "s.toml", "--out", "x", "--seeds", "3", "4"])
+    assert (args.seeds, args.methods, args.points, args.strategy, args.data_dir) == ([3, 4], None, None, None, None)

@@ -82,17 +82,22 @@ def _result(output):
     return json.loads(line[-1][len("RESULT "):])
 
 
+def _two_workers(kind, tmp_path, epochs):
+    """Runs a group of two workers, each in its own folder (two machines' disks: whatever worker 1
+    writes shows up in its folder), and checks both succeeded; returns both folders and results."""
+    chief, worker = tmp_path / "w0", tmp_path / "w1"
+    (rc0, out0), (rc1, out1) = _launch(kind, [chief, worker], epochs=epochs)
+    assert rc0 == 0, out0[-3000:]
+    assert rc1 == 0, out1[-3000:]
+    return chief, worker, _result(out0), _result(out1)
+
+
 def _files(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
 def test_two_workers_train_and_only_the_chief_writes_results_logs_and_the_saved_model(tmp_path):
-    # Separate folders stand for two machines' disks: whatever worker 1 writes would show up in w1.
-    chief, worker = tmp_path / "w0", tmp_path / "w1"
-    (rc0, out0), (rc1, out1) = _launch("train", [chief, worker], epochs=2)
-    assert rc0 == 0, out0[-3000:]
-    assert rc1 == 0, out1[-3000:]
-    r0, r1 = _result(out0), _result(out1)
+    chief, worker, r0, r1 = _two_workers("train", tmp_path, epochs=2)
     assert r0["chief"] and not r1["chief"]
     assert r0["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-6)  # one model, replicated
     files = _files(chief)
@@ -109,20 +114,13 @@ def test_two_workers_train_and_only_the_chief_writes_results_logs_and_the_saved_
 def test_two_workers_train_a_batchnorm_model_whose_weight_saves_need_every_worker(tmp_path):
     # Saving BatchNorm's sync-on-read statistics all-reduces them: a chief-only save of the initial
     # weights left the workers' collectives out of step ("Collective instance ... expected type").
-    chief, worker = tmp_path / "w0", tmp_path / "w1"
-    (rc0, out0), (rc1, out1) = _launch("train_bn", [chief, worker], epochs=1)
-    assert rc0 == 0, out0[-3000:]
-    assert rc1 == 0, out1[-3000:]
-    assert _result(out0)["test_loss"] == pytest.approx(_result(out1)["test_loss"], rel=1e-6)
+    chief, worker, r0, r1 = _two_workers("train_bn", tmp_path, epochs=1)
+    assert r0["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-6)
     assert runs.INITIAL_WEIGHTS in _files(chief) and _files(worker) == []
 
 
 def test_two_workers_prune_with_lobster_and_only_the_chief_writes(tmp_path):
-    chief, worker = tmp_path / "w0", tmp_path / "w1"
-    (rc0, out0), (rc1, out1) = _launch("lobster", [chief, worker], epochs=3)
-    assert rc0 == 0, out0[-3000:]
-    assert rc1 == 0, out1[-3000:]
-    r0, r1 = _result(out0), _result(out1)
+    chief, worker, r0, r1 = _two_workers("lobster", tmp_path, epochs=3)
     assert r0["chief"] and not r1["chief"]
     # Both workers pruned at the same threshold and reached the same operating points.
     assert [r["point"] for r in r0["rows"]] == [r["point"] for r in r1["rows"]] == [0, 1]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kerasprune import cli, oneshot, report, results, sweep, training
+from kerasprune.config import LobsterConfig
 from kerasprune.errors import KerasPruneError
 from kerasprune.pure import points
 
@@ -139,6 +140,25 @@ def test_command_line_overrides_replace_config_values(tmp_path):
     assert (config.points, config.seeds, config.methods) == ([15, 48], [2], list(sweep.BASELINES))
 
 
+def test_the_lobster_table_is_a_lobster_config_checked_when_the_file_loads(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('model = "lenet300"\nseeds = [3, 4]\nlr = 0.2\n[lobster]\nepochs = 7\npwe = 2\nlr = 0.3\n')
+    lobster = sweep.load_config(str(path)).lobster
+    assert isinstance(lobster, LobsterConfig)
+    assert (lobster.seed, lobster.epochs, lobster.pwe, lobster.lr, lobster.lmbda) == (3, 7, 2, 0.3, 1e-4)
+    path.write_text('model = "lenet300"\n[lobster]\npatience = 2\n')
+    with pytest.raises(KerasPruneError, match=r"^\[lobster\] has unknown keys \['patience'\]; valid: .*pwe"):
+        sweep.load_config(str(path))
+    path.write_text('model = "lenet300"\n[lobster]\npwe = 0\n')
+    with pytest.raises(KerasPruneError, match=r"^\[lobster\] pwe must be >= 1, got 0$"):
+        sweep.load_config(str(path))
+
+
+def test_methods_are_registered_in_figure_1s_order_with_results_csv_names():
+    assert sweep.BASELINES == tuple(sweep.METHODS) == (
+        "lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp", "polynomial_decay")
+
+
 def test_config_errors_name_the_bad_key_and_the_valid_ones(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('model = "lenet300"\nepoch = 3\n')
@@ -168,7 +188,8 @@ def test_tiny_sweep_writes_every_method_a_figure_and_exports(tmp_path, lobster_d
     for r in rows:
         count[(r["method"], r["variant"])] = count.get((r["method"], r["variant"]), 0) + 1
     assert count == {("lobster", None): 3, ("lottery_rewind", None): 4, ("random_reinit", None): 4,
-                     ("random_structure", None): 4, ("magnitude_oneshot", "global"): 4, ("imp", None): 4, ("polynomial_decay", None): 4}
+                     ("random_structure", None): 4, ("magnitude_oneshot", "global"): 4, ("imp", None): 4,
+                     ("polynomial_decay", None): 4}
     for r in rows:
         assert 0 <= r["test_error"] < 0.9
         if r["method"] in ("lottery_rewind", "random_reinit", "random_structure"):
@@ -338,8 +359,6 @@ def test_sweep_runs_lobster_with_its_settings_when_points_are_missing(tmp_path, 
     (cfg,) = seen
     assert (cfg.model, cfg.dataset, cfg.seed, cfg.pwe, cfg.epochs, cfg.max_train_examples) == (
         "lenet300", "mnist", 3, 2, 7, 500)
-    with pytest.raises(KerasPruneError, match=r"unknown keys \['patience'\]"):
-        sweep.ensure_lobster(tiny(None, lobster={"patience": 2}), str(tmp_path / "other"))
 
 
 def test_unfinished_lobster_level_is_not_an_operating_point(tmp_path, lobster_dir):

@@ -221,4 +221,4 @@ def test_transfer_config_has_the_shared_settings_and_its_own_checks():
         transfer.TransferConfig(source="x", mask_kinds=("weights",))
     assert transfer.TransferConfig(source="x").model is None  # the source's architecture
     args = cli.build_parser().parse_args(["transfer", "--source", "x", "--dataset", "mnist", "--out", "o"])
-    assert set(config.settings_from_args(args)) == shared - {"model"}
+    assert shared - {"model"} <= set(vars(args))  # a flag for every shared setting but the model

@@ -1,7 +1,10 @@
 """``kerasprune export``: SavedModels (sparse and compacted), size reports and TFLite of a run's models."""
 import os
 
+from kerasprune import runs
 from kerasprune.commands import _common
+from kerasprune.distribute import declare_strategy
+from kerasprune.errors import KerasPruneError
 
 HELP = "export a run's pruned models: SavedModel, compacted SavedModel, sizes, TFLite"
 DESCRIPTION = """Export the pruned models of one or more run folders.
@@ -49,8 +52,6 @@ def add_arguments(parser):
 
 def find_runs(root):
     """Run folders at or below ``root`` (folders with a config.json and something to export)."""
-    from kerasprune import runs
-
     found = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
@@ -61,9 +62,7 @@ def find_runs(root):
 
 
 def run(args):
-    from kerasprune.distribute import declare_strategy
-    from kerasprune.errors import KerasPruneError
-    from kerasprune.export import export_run
+    from kerasprune.export import export_run  # here: it imports TensorFlow, which --help must not load
 
     declare_strategy("default")  # one process: it writes, whatever TF_CONFIG is left in the shell
 

@@ -1,7 +1,14 @@
 """``kerasprune sweep``: the paper's Figure 1 for one setup (LOBSTER vs one-shot retrainings)."""
 import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tomllib
 
+from kerasprune import config, report, results, runs, sweep
 from kerasprune.commands import _common
+from kerasprune.errors import KerasPruneError
 
 HELP = "run every one-shot baseline at every LOBSTER operating point (Figure 1)"
 DESCRIPTION = """Run the Figure 1 sweep of a setup described by a TOML file (see docs/sweep.md).
@@ -29,20 +36,14 @@ examples:
       --lobster-dir runs/lobster_lenet300_mnist_pwe5 --points 48
 """
 
+# The settings a flag may replace in the config file (all others are set in the file).
+OVERRIDES = ("data_dir", "seeds", "methods", "points", "strategy", "lobster_dir")
+
 
 def add_arguments(parser):
     parser.add_argument("config", help="sweep config (TOML), e.g. experiments/quick.toml")
     parser.add_argument("--out", required=True, help="sweep folder (rerun the same command to resume)")
-    parser.add_argument("--data-dir", default=None,
-                        help="local data dir (default: the config's, else $KERASPRUNE_DATA_DIR)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
-    parser.add_argument("--methods", nargs="+", default=None, help="override the config's methods")
-    parser.add_argument("--points", type=int, nargs="+", default=None,
-                        help="override the config's LOBSTER operating points (indices)")
-    parser.add_argument("--strategy", default=None, type=_common.strategy_flag, metavar="SPEC", help="tf.distribute strategy")
-    parser.add_argument("--lobster-dir", default=None,
-                        help="use this existing LOBSTER run folder (its finished operating points) "
-                             "instead of running LOBSTER in OUT/lobster")
+    config.add_arguments(parser, sweep.SweepConfig, OVERRIDES, overrides=True)
     parser.add_argument("--plot-only", action="store_true",
                         help="only redraw OUT/figure1.png from OUT/results.csv")
     parser.add_argument("--jobs", type=_jobs, default="auto", metavar="N",
@@ -62,13 +63,6 @@ def _jobs(text):
 
 
 def run(args):
-    import os
-    import shlex
-    import sys
-
-    from kerasprune import report, results, runs
-    from kerasprune.errors import KerasPruneError
-
     if args.plot_only:
         table = os.path.join(args.out, runs.RESULTS)
         if not os.path.isfile(table):
@@ -82,17 +76,15 @@ def run(args):
     argv = [a for a in getattr(args, "_argv", sys.argv[1:]) if a != "--list-runs"]
     if jobs > 1 and "KERASPRUNE_THREADS" not in os.environ:  # before TensorFlow loads (kerasprune._keras)
         os.environ["KERASPRUNE_THREADS"] = str(max(1, cores // jobs))
-    from kerasprune import sweep
-
-    config = _config(args, sweep)  # every setting checked here, before any process starts
+    setup = _setup(args)  # every setting checked here (TensorFlow loads), before any process starts
     if jobs > 1:
         # LOBSTER, a single sequential run the retrainings wait for, first, with every core; then
         # no more processes than runs are left (none left: this process only assembles).
         if not _lobster_ready(args):
             _spawn([*_without(argv, "--jobs", "--only"), "--jobs", "1", "--only", "lobster"], threads=None)
-        jobs = min(jobs, len(sweep.pending_runs(config, args.out)))
+        jobs = min(jobs, len(sweep.pending_runs(setup, args.out)))
     if args.list_runs:
-        pending = sweep.pending_runs(config, args.out)
+        pending = sweep.pending_runs(setup, args.out)
         base = ["kerasprune", *_without(argv, "--jobs", "--only")]
         for run_id in pending:
             print(shlex.join(base + ["--only", run_id]))
@@ -103,48 +95,40 @@ def run(args):
                   "assembles the figure and exports", file=sys.stderr)
         return 0
     if jobs <= 1:
-        sweep.run(config, args.out, only=args.only, assemble=not args.no_assemble)
+        sweep.run(setup, args.out, only=args.only, assemble=not args.no_assemble)
         return 0
     # Worker processes run the same sweep on the same folder: the per-run locks share the runs out.
     worker = [*_without(argv, "--jobs"), "--jobs", "1", "--no-assemble"]
     children = [_spawn(worker, threads=os.environ["KERASPRUNE_THREADS"], wait=False) for _ in range(jobs - 1)]
     try:
-        sweep.run(config, args.out, assemble=False)
+        sweep.run(setup, args.out, assemble=False)
     finally:
         codes = [c.wait() for c in children]
     if any(codes):
         raise KerasPruneError(f"{sum(1 for c in codes if c)} of the sweep's worker processes failed "
                               f"(exit codes {codes}); run the same command again to resume")
-    sweep.run(config, args.out)  # every run is done: the table's figure and exports
+    sweep.run(setup, args.out)  # every run is done: the table's figure and exports
     return 0
 
 
 def _lobster_ready(args):
     """True if the sweep's LOBSTER stage has nothing to run (read without loading TensorFlow)."""
-    import os
-    import tomllib
-
     try:
         with open(args.config, "rb") as f:
             given = args.lobster_dir or tomllib.load(f).get("lobster_dir")
     except (OSError, tomllib.TOMLDecodeError):
         return True  # the sweep itself reports the bad file
-    return bool(given) or os.path.isfile(os.path.join(args.out, "lobster", "metrics.json"))
+    return bool(given) or os.path.isfile(runs.finished_marker(os.path.join(args.out, runs.SWEEP_LOBSTER),
+                                                              "lobster"))
 
 
-def _config(args, sweep):
-    return sweep.load_config(args.config, data_dir=args.data_dir, seeds=args.seeds, methods=args.methods,
-                             points=args.points, strategy=args.strategy, lobster_dir=args.lobster_dir)
+def _setup(args):
+    """The sweep's config: its TOML file, with the settings given as flags replacing the file's."""
+    return sweep.load_config(args.config, **{name: getattr(args, name) for name in OVERRIDES})
 
 
 def _spawn(argv, threads, wait=True):
     """``kerasprune ARGV`` in a child process with ``threads`` TensorFlow threads (None: default)."""
-    import os
-    import subprocess
-    import sys
-
-    from kerasprune.errors import KerasPruneError
-
     env = {k: v for k, v in os.environ.items() if k != "KERASPRUNE_THREADS"}
     if threads is not None:
         env["KERASPRUNE_THREADS"] = str(threads)

@@ -1,7 +1,9 @@
 """``kerasprune train``: plain (dense) training of a model on a dataset."""
 import json
 
+from kerasprune import config
 from kerasprune.commands import _common
+from kerasprune.config import TrainConfig
 
 HELP = "train a model (dense) and write a run folder"
 DESCRIPTION = """Train a model with SGD (paper defaults: lr 0.1, batch 100, momentum 0).
@@ -18,16 +20,13 @@ example:
 
 
 def add_arguments(parser):
-    _common.add_training_arguments(parser)
+    _common.add_training_arguments(parser, TrainConfig)
     _common.add_data_arguments(parser)
     _common.add_run_arguments(parser)
 
 
 def run(args):
-    from kerasprune.config import settings_from_args
-    from kerasprune.training import TrainConfig, train
+    from kerasprune.training import train  # here: it imports TensorFlow, which --help must not load
 
-    config = TrainConfig(**settings_from_args(args), epochs=args.epochs, seed=args.seed,
-                         export_dir=args.export_dir)
-    metrics = train(config, args.out)
+    metrics = train(config.from_args(TrainConfig, args), args.out)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "test_loss", "epochs_completed")}))

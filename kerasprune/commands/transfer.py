@@ -1,7 +1,9 @@
 """``kerasprune transfer``: a trained (sparse) model's features on another dataset (linear probe or fine-tuning)."""
 import json
 
+from kerasprune import config
 from kerasprune.commands import _common
+from kerasprune.config import comma_separated
 
 HELP = "transfer a trained (sparse) model to another dataset: linear probe or fine-tuning with its mask"
 DESCRIPTION = """Replace the classifier of a trained model with a fresh one for the target dataset's
@@ -71,15 +73,9 @@ def add_arguments(parser):
 
 
 def run(args):
-    from kerasprune.config import settings_from_args
-    from kerasprune.transfer import TransferConfig, run as run_transfer
+    from kerasprune.transfer import TransferConfig, run as run_transfer  # TensorFlow, which --help must not load
 
-    config = TransferConfig(
-        **settings_from_args(args), source=args.source, point=args.point, probe=args.probe,
-        shots=args.shots, shot_seed=args.shot_seed, epochs=args.epochs, seed=args.seed, select=args.select,
-        mask_kinds=tuple(k.strip() for k in args.mask_kinds.split(",") if k.strip()),
-        psp_split=args.psp_split, psp_examples=args.psp_examples, psp_pair_samples=args.psp_pair_samples,
-        psp_max_exact_units=args.psp_max_exact_units, export_dir=args.export_dir)
-    metrics = run_transfer(config, args.out)
+    settings = config.from_args(TransferConfig, args, mask_kinds=comma_separated(args.mask_kinds))
+    metrics = run_transfer(settings, args.out)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "test_loss", "epochs_completed",
                                                "source_pruned_params_pct", "psp_entropy_1", "psp_entropy_2")}))

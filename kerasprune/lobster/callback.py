@@ -6,7 +6,7 @@ the Keras 2 model access, the multi-worker chief rules, TensorBoard and the prog
 import os
 
 from kerasprune import sparsity
-from kerasprune._keras import keras
+from kerasprune._keras import keras, tf
 from kerasprune.distribute import chief_path, is_chief
 from kerasprune.lobster import points
 from kerasprune.lobster.optimizer import Lobster
@@ -111,8 +111,6 @@ class LobsterPruning(LobsterPruningBase, keras.callbacks.Callback):
 
     def _scalars(self, step, values):
         """Writes ``values`` to ``RUN/tensorboard/lobster`` at ``step`` (operating points, searches)."""
-        from kerasprune._keras import tf
-
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard", "lobster"))
         with self._writer.as_default():

@@ -10,7 +10,8 @@ The table itself is read and written by :mod:`kerasprune.pure.points` (no Keras 
 import math
 import os
 
-from kerasprune import runs
+from kerasprune import models, runs
+from kerasprune._keras import keras
 from kerasprune.config import RunSettings
 from kerasprune.errors import KerasPruneError
 from kerasprune.pure.points import (COLUMNS, POINTS_CSV, POINTS_DIR, _INTS, _fmt,  # noqa: F401
@@ -23,8 +24,6 @@ PLOT = runs.PROGRESSION_PLOT
 def weights_only_twin(model):
     """An uncompiled copy of ``model``'s architecture to save its weights through (the model itself
     for subclassed models, which cannot be cloned)."""
-    from kerasprune._keras import keras
-
     try:
         return keras.models.clone_model(model)
     except (ValueError, TypeError):
@@ -33,8 +32,6 @@ def weights_only_twin(model):
 
 def load_operating_point(run_dir, point):
     """The model of ``run_dir``'s config with operating point ``point``'s weights (uncompiled)."""
-    from kerasprune import models
-
     config = runs.read_config(run_dir, RunSettings)
     rows = {r["point"]: r for r in read_operating_points(run_dir)}
     if point not in rows:

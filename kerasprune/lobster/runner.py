@@ -1,52 +1,14 @@
 """``run(LobsterConfig(...), out)``: a whole LOBSTER run in a resumable run folder."""
-import dataclasses
 import math
-from typing import Optional, Tuple
 
-from kerasprune import runs
-from kerasprune.config import RunSettings
-from kerasprune.distribute import is_chief
+from kerasprune import models, runs, training
+from kerasprune._keras import keras
+from kerasprune.config import LobsterConfig  # noqa: F401  (kerasprune.lobster.LobsterConfig)
+from kerasprune.distribute import declare_strategy, get_strategy, is_chief, save_weights
 from kerasprune.errors import KerasPruneError
-from kerasprune.sparsity import DEFAULT_KINDS
-
-
-@dataclasses.dataclass
-class LobsterConfig(RunSettings):
-    """A LOBSTER run: the shared :class:`~kerasprune.config.RunSettings` (``optimizer`` is the base
-    optimizer LOBSTER wraps) plus these (defaults: the paper code's LeNet settings)."""
-
-    epochs: int = 1000  # budget of epochs; LOBSTER itself has no stopping rule
-    seed: int = 0  # seed of the initial weights and of the data order
-    lmbda: float = 1e-4  # sensitivity regularisation strength (not scaled by lr)
-    twt: float = 0.05  # admissible relative increase of the validation loss per pruning
-    pwe: int = 20  # plateau patience (epochs)
-    good_margin: float = 0.01  # an epoch is good if val loss < (1 + good_margin) * best
-    tolerance: float = 0.05  # fraction of the loss bound in the threshold search's stop rule
-    threshold_search: str = "reference"  # the authors' rule, or "conservative" (schedule.SEARCH_RULES)
-    stop_at_pruned: Optional[float] = None  # stop once an operating point has this % pruned
-    lr_plateau: bool = False  # ReduceLROnPlateau(val_loss, factor 0.1, patience 10, cooldown 50)
-    kinds: Tuple[str, ...] = DEFAULT_KINDS  # parameters pruned and counted
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.kinds = tuple(self.kinds)
-        for name in ("epochs", "pwe"):
-            if getattr(self, name) < 1:
-                raise KerasPruneError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.stop_at_pruned is not None and not 0 < self.stop_at_pruned <= 100:
-            raise KerasPruneError(f"stop_at_pruned must be in (0, 100], got {self.stop_at_pruned}")
-        for name in ("lmbda", "twt", "good_margin", "tolerance"):
-            if getattr(self, name) < 0:
-                raise KerasPruneError(f"{name} must be >= 0, got {getattr(self, name)}")
-        from kerasprune.lobster.schedule import SEARCH_RULES
-
-        if self.threshold_search not in SEARCH_RULES:
-            raise KerasPruneError(f"threshold_search must be one of {', '.join(SEARCH_RULES)}, "
-                                  f"got {self.threshold_search!r}")
-        unknown = set(self.kinds) - set(DEFAULT_KINDS)
-        if unknown or not self.kinds:
-            raise KerasPruneError(f"kinds must be a non-empty subset of {', '.join(DEFAULT_KINDS)}; "
-                                  f"got {', '.join(self.kinds) or 'nothing'}")
+from kerasprune.lobster.callback import LobsterPruning
+from kerasprune.lobster.optimizer import Lobster
+from kerasprune.lobster.points import read_operating_points
 
 
 # Fields a resumed run may change (more epochs), every other one must match the folder's config.
@@ -63,21 +25,12 @@ def run(config, out, verbose="auto"):
     killed run resumes (Keras ``BackupAndRestore``) when run again with the same config. One
     process at a time per folder (:func:`kerasprune.runs.exclusive`).
     """
-    from kerasprune.distribute import declare_strategy
-
     declare_strategy(config.strategy)
     with runs.exclusive(out, enabled=is_chief()):
         return _run_in(config, out, verbose)
 
 
 def _run_in(config, out, verbose):
-    from kerasprune import models, training
-    from kerasprune._keras import keras
-    from kerasprune.distribute import get_strategy, save_weights
-    from kerasprune.lobster.callback import LobsterPruning
-    from kerasprune.lobster.optimizer import Lobster
-    from kerasprune.lobster.points import read_operating_points
-
     done = runs.start(out, config, "lobster", _RESUMABLE, legacy=_LEGACY)
     if done is not None:
         if done.get("epochs_completed", -1) >= config.epochs or done.get("stopped_at_pruned"):
