@@ -33,6 +33,11 @@ def curves(sweep):
     return out
 
 
+def kept_epoch(loss):
+    """Index of the epoch whose checkpoint a retraining keeps: the lowest validation loss."""
+    return min(range(len(loss)), key=loss.__getitem__)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", help="sweep folder with long retrainings")
@@ -47,13 +52,13 @@ def main(argv=None):
         writer.writerow(["method", "point", "seed", "epochs", "best_val_loss_epoch", "val_error_pct_there"]
                         + [f"best_val_error_pct_{n}" for n in CUTS] + ["best_val_error_pct"])
         for (method, point, seed), (err, loss) in runs.items():
-            at = min(range(len(loss)), key=loss.__getitem__)
+            at = kept_epoch(loss)
             writer.writerow([method, point, seed, len(err), at + 1, f"{err[at]:.2f}"]
                             + [f"{min(err[:n]):.2f}" for n in CUTS] + [f"{min(err):.2f}"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (method, point, seed), (err, loss) in runs.items():
         line, = ax.plot(range(1, len(err) + 1), err, lw=1, label=f"{method} {point} {seed}")
-        at = min(range(len(loss)), key=loss.__getitem__)
+        at = kept_epoch(loss)
         ax.plot(at + 1, err[at], "o", color=line.get_color())
     for n in CUTS:
         ax.axvline(n, color="grey", lw=0.5, ls=":")
