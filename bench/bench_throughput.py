@@ -7,10 +7,12 @@ Prints three ratios (new / old; lower is faster):
      runs the whole quick sweep twice, ~10-30 min; best on an otherwise idle machine)
 
 The old path is kept callable here: the reshuffling tf.data pipeline (``splits.train``: shuffle,
-batch, normalise per epoch) and one step per Keras execution, in one process with TensorFlow's
-default threads. The new path is what runs use now: the in-memory epoch stream
-(``splits.train_epochs``: whole batches gathered from uint8 arrays, order a function of
-(seed, epoch)) with ``training.STEPS_PER_EXECUTION`` steps per call and, for sweeps, ``--jobs auto``.
+batch, normalise per epoch), one step per Keras execution and the LOBSTER update as Keras ran it
+(a weight-decay pass with a decay of 0 and SGD's momentum slot, both every step: see
+``as_before_issue_14``), in one process with TensorFlow's default threads. The new path is what
+runs use now: the in-memory epoch stream (``splits.train_epochs``: whole batches gathered from
+uint8 arrays, order a function of (seed, epoch)) with ``training.STEPS_PER_EXECUTION`` steps per
+call and, for sweeps, ``--jobs auto``.
 
 Epochs (parts 1-2) run with one TensorFlow thread (``KERASPRUNE_THREADS=1``), both paths in the
 same process, alternating their order each round, each epoch followed by validation and
@@ -39,10 +41,23 @@ import sys
 import kerasprune.data as data, kerasprune.training as training
 from kerasprune import cli
 training.STEPS_PER_EXECUTION = 1
+from kerasprune.lobster import optimizer as lobster_optimizer
+_init = lobster_optimizer.Lobster.__init__
+def _old_init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    self.weight_decay, self._skip_unused_momentum = 0, False
+lobster_optimizer.Lobster.__init__ = _old_init
 _load = data.load
 data.load = lambda *a, **k: _load(*a, **k)._replace(train_epochs=None)
 sys.exit(cli.main(sys.argv[1:]))
 """
+
+
+def as_before_issue_14(optimizer):
+    """A Lobster optimizer that steps as before issue 14 (the same weights, more work): Keras's
+    decoupled weight-decay pass with a decay of 0, and tf_keras SGD's momentum slot written every step."""
+    optimizer.weight_decay, optimizer._skip_unused_momentum = 0, False
+    return optimizer
 
 
 def epoch_seconds(model_name, splits, new, epochs=1):
@@ -52,7 +67,8 @@ def epoch_seconds(model_name, splits, new, epochs=1):
     from kerasprune.lobster import Lobster, LobsterPruning
 
     model = models.build(model_name, input_shape=splits.spec.input_shape, seed=0)
-    training.compile_model(model, Lobster(keras.optimizers.SGD(0.1), lmbda=1e-4),
+    optimizer = Lobster(keras.optimizers.SGD(0.1), lmbda=1e-4)
+    training.compile_model(model, optimizer if new else as_before_issue_14(optimizer),
                            steps_per_execution=None if new else 1)
     callback = LobsterPruning(splits.validation, pwe=10**6, verbose=0)
     if new:

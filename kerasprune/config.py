@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 
 from kerasprune.distribute import strategy_flag
 from kerasprune.errors import KerasPruneError
+from kerasprune.pure import schedule
 from kerasprune.pure.schedule import SEARCH_RULES
 from kerasprune.pure.sparsity import DEFAULT_KINDS
 
@@ -238,13 +239,13 @@ class LobsterConfig(TrainingRun):
     LeNet settings). Its own fields are the ``lobster`` group of ``kerasprune lobster``'s flags."""
 
     epochs: int = setting(1000, "epochs to train (LOBSTER itself has no stopping rule)", type=positive_int)
-    lmbda: float = setting(1e-4, "sensitivity regularisation strength, not scaled by the lr")
-    twt: float = setting(0.05, "admissible relative validation-loss increase per pruning")
-    pwe: int = setting(20, "plateau patience in epochs", type=positive_int)
-    good_margin: float = setting(0.01, "an epoch is good if val loss < (1 + margin) * best")
-    tolerance: float = setting(0.05, "fraction of the loss bound in the threshold search's stop rule")
+    lmbda: float = setting(schedule.DEFAULT_LMBDA, "sensitivity regularisation strength, not scaled by the lr")
+    twt: float = setting(schedule.DEFAULT_TWT, "admissible relative validation-loss increase per pruning")
+    pwe: int = setting(schedule.DEFAULT_PWE, "plateau patience in epochs", type=positive_int)
+    good_margin: float = setting(schedule.DEFAULT_GOOD_MARGIN, "an epoch is good if val loss < (1 + margin) * best")
+    tolerance: float = setting(schedule.DEFAULT_TOLERANCE, "fraction of the loss bound in the threshold search's stop rule")
     threshold_search: str = setting(
-        "reference", "reference: the authors' bisection, pruning at the midpoint once the two ends' losses are "
+        schedule.DEFAULT_SEARCH_RULE, "reference: the authors' bisection, pruning at the midpoint once the two ends' losses are "
                      "within tolerance of each other; conservative: prune at the admissible lower end once both "
                      "are within tolerance of the bound (cuts less per plateau)", choices=SEARCH_RULES)
     stop_at_pruned: Optional[float] = setting(

@@ -130,6 +130,26 @@ def test_offline_without_data_dir_uses_what_tfds_already_prepared(tmp_path, monk
     assert np.array_equal(again.x_test, first.x_test) and np.array_equal(again.y_train, first.y_train)
 
 
+def test_epoch_stream_batches_are_the_permutation_cut_into_batches_bit_for_bit():
+    """One element per batch (sliced indices) gives the batches of slicing then .batch(): the same
+    images, normalised the same way, bit for bit, and a short last batch."""
+    from kerasprune._keras import tf
+
+    splits = data.load("mnist", max_train_examples=300, max_test_examples=100, batch_size=32)
+    stream = splits.train_epochs
+    normalize = data._normalizer(splits.spec)
+    for epoch in (0, 3):
+        order = stream.permutation(epoch)
+        got = list(stream(epoch).take(stream.steps_per_epoch))
+        for i, (x, y) in enumerate(got):
+            idx = order[i * 32:(i + 1) * 32]
+            want_x, want_y = normalize(tf.gather(stream.x, idx), tf.gather(stream.y, idx))
+            assert x.dtype == want_x.dtype and x.shape == want_x.shape
+            np.testing.assert_array_equal(x.numpy().view(np.uint32), want_x.numpy().view(np.uint32))
+            np.testing.assert_array_equal(y.numpy(), want_y.numpy())
+        assert got[-1][0].shape[0] == 300 - 9 * 32
+
+
 def test_load_still_unpacks_into_four_and_the_epoch_stream_depends_on_seed_and_epoch_only():
     from kerasprune import data
 

@@ -57,6 +57,30 @@ def test_lambda_zero_is_plain_sgd_bit_for_bit(mnist_small):
         np.testing.assert_array_equal(a, b)
 
 
+def test_sgd_step_without_the_zero_decay_pass_and_momentum_slot_keeps_the_weights(mnist_small):
+    """Lobster(SGD(lr)) skips tf_keras' weight-decay pass (decay 0) and SGD's momentum slot (momentum
+    0): the weights are those of Keras's own path (as before issue 14), pruned zeros included."""
+    from kerasprune import models
+
+    batches = list(mnist_small.train.take(3))  # fixed: the pipeline reshuffles on each pass
+    results = []
+    for skip in (True, False):
+        model = models.build("lenet300", seed=3)
+        opt = Lobster(keras.optimizers.SGD(0.1), lmbda=1e-3)
+        if not skip:
+            opt.weight_decay, opt._skip_unused_momentum = 0, False  # bench_throughput's old path
+        model.compile(opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.train_on_batch(*batches[0])
+        assert opt.prune_below(0.02) > 10000
+        for step in range(8):
+            model.train_on_batch(*batches[step % 3])
+        results.append(model.get_weights())
+        slot = opt.base_optimizer.momentums[0].numpy()
+        assert (opt.weight_decay is None and not slot.any()) if skip else slot.any()
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_pruned_weights_stay_zero_through_many_steps_with_momentum(mnist_small):
     from kerasprune import models
 
@@ -98,6 +122,16 @@ def test_pruning_callback_config_round_trip():
                               run_dir="somewhere", verbose=0)
     clone = LobsterPruning.from_config(callback.get_config())
     assert clone.get_config() == callback.get_config()
+
+
+def test_the_command_line_defaults_are_the_library_defaults():
+    """`kerasprune lobster` with no flags runs what Lobster() and LobsterPruning() do in a user's script."""
+    config, callback = LobsterConfig(model="lenet300", dataset="mnist"), LobsterPruning(verbose=0)
+    for name in ("pwe", "twt", "good_margin", "tolerance", "threshold_search", "stop_at_pruned"):
+        assert getattr(callback, name) == getattr(config, name), name
+    assert tuple(callback.kinds) == tuple(config.kinds)
+    assert Lobster(keras.optimizers.SGD(0.1)).lmbda.numpy() == pytest.approx(config.lmbda)
+    assert (config.pwe, config.twt, config.lmbda, config.threshold_search) == (20, 0.05, 1e-4, "reference")
 
 
 def test_masks_best_weights_and_schedule_state_survive_a_checkpoint(tmp_path):

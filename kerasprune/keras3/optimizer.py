@@ -11,6 +11,7 @@ from keras import ops
 
 from kerasprune.keras3.sparsity import DEFAULT_KINDS
 from kerasprune.pure.optimizer import LobsterOptimizerBase, check_lobster_arguments
+from kerasprune.pure.schedule import DEFAULT_LMBDA
 
 _BASE_ONLY = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema", "gradient_accumulation_steps")
 
@@ -42,7 +43,7 @@ class Lobster(LobsterOptimizerBase, keras.optimizers.Optimizer):
       **kwargs: the base ``keras.optimizers.Optimizer`` arguments (``weight_decay``, ``clipnorm``...).
     """
 
-    def __init__(self, base_optimizer=None, lmbda=1e-4, kinds=DEFAULT_KINDS, prunable=None,
+    def __init__(self, base_optimizer=None, lmbda=DEFAULT_LMBDA, kinds=DEFAULT_KINDS, prunable=None,
                  rewound_shapes=None, name="lobster", **kwargs):
         kwargs.pop("learning_rate", None)  # the base's (configs written by get_config carry none)
         super().__init__(learning_rate=0.0, name=name, **kwargs)

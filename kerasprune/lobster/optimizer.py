@@ -9,7 +9,14 @@ import platform
 
 from kerasprune._keras import keras, tf
 from kerasprune.pure.optimizer import LobsterOptimizerBase, check_lobster_arguments
+from kerasprune.pure.schedule import DEFAULT_LMBDA
 from kerasprune.sparsity import DEFAULT_KINDS
+
+
+def _is_sgd_without_momentum(optimizer):
+    """Keras's own SGD (not a subclass) with a plain momentum of 0 and no Nesterov."""
+    momentum = optimizer.momentum if type(optimizer) is keras.optimizers.SGD else None
+    return isinstance(momentum, (int, float)) and momentum == 0 and not optimizer.nesterov
 
 
 def _xla_available():
@@ -44,12 +51,16 @@ class Lobster(LobsterOptimizerBase, keras.optimizers.Optimizer):
         those of the kinds in ``("kernel", "bias", "norm")`` recognised by variable name.
       jit_compile: compile each update with XLA (also on CPU, where it makes LOBSTER's extra
         work nearly free).
-      **kwargs: the base ``keras.optimizers.Optimizer`` arguments (``weight_decay``, ``clipnorm``...).
+      weight_decay: Keras's decoupled weight decay; None (or 0) applies none.
+      **kwargs: the base ``keras.optimizers.Optimizer`` arguments (``clipnorm``...).
     """
 
-    def __init__(self, base_optimizer=None, lmbda=1e-4, kinds=DEFAULT_KINDS, name="Lobster",
-                 jit_compile=True, **kwargs):
-        super().__init__(name=name, jit_compile=jit_compile, **kwargs)
+    def __init__(self, base_optimizer=None, lmbda=DEFAULT_LMBDA, kinds=DEFAULT_KINDS, name="Lobster",
+                 jit_compile=True, weight_decay=None, **kwargs):
+        # tf_keras' Optimizer defaults weight_decay to 0, and a 0 still runs its decay pass every step
+        # (w -= w * 0 * lr: a read, two products and a write of every variable, about a fifth of a
+        # LeNet-300 step). None skips the pass: the same weights (w - 0 == w).
+        super().__init__(name=name, jit_compile=jit_compile, weight_decay=weight_decay or None, **kwargs)
         # XLA fuses the base step, the sensitivity term and the mask into one pass per tensor:
         # without it the extra elementwise ops cost ~1.2x a plain SGD step of LeNet-300 on CPU, with
         # it ~1.0x (bench/bench_lobster_overhead.py). Keras turns XLA off on CPU-only machines; we
@@ -64,6 +75,7 @@ class Lobster(LobsterOptimizerBase, keras.optimizers.Optimizer):
                              f"got {type(base_optimizer).__name__}")
         self.kinds = check_lobster_arguments(lmbda, kinds)
         self.base_optimizer = base_optimizer
+        self._skip_unused_momentum = True  # see update_step; False takes Keras's own SGD step
         # One step counter for both: the base reads it (e.g. Adam's bias correction, schedules),
         # the wrapper's distributed apply increments it once per step.
         self._iterations = base_optimizer.iterations
@@ -159,7 +171,20 @@ class Lobster(LobsterOptimizerBase, keras.optimizers.Optimizer):
 
     # -- the update -----------------------------------------------------------------------------
     def update_step(self, gradient, variable):
-        self.base_optimizer.update_step(gradient, variable)
+        base = self.base_optimizer
+        if (self._skip_unused_momentum and _is_sgd_without_momentum(base)
+                and not isinstance(gradient, tf.IndexedSlices)):
+            # tf_keras' SGD.update_step without its slot: SGD keeps a momentum slot and, even with
+            # momentum 0, writes m = -g*lr + m*momentum and adds m to w, every step. Here g*momentum
+            # stands in for m*momentum (a zero either way): the step keeps its value and rounding and
+            # the slot is neither read nor written (one pass over every parameter less per step). The
+            # "+ g*0" also keeps XLA from fusing w + (-g*lr) into one rounding (an FMA), as a plain
+            # w - g*lr would be: that changes the weights.
+            lr = tf.cast(base.learning_rate, variable.dtype)
+            momentum = tf.cast(base.momentum, variable.dtype)
+            variable.assign_add(-gradient * lr + gradient * momentum)
+        else:
+            base.update_step(gradient, variable)
         index = self._mask_index.get(self._var_key(variable))
         if index is None:
             return

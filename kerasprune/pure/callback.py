@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from kerasprune.pure import points
+from kerasprune.pure import schedule
 from kerasprune.pure.schedule import SEARCH_RULES, Plateau, search_threshold, start_interval
 from kerasprune.pure.sparsity import DEFAULT_KINDS, check_kinds
 
@@ -20,9 +21,10 @@ class LobsterPruningBase:
     """Mixin placed before ``keras.callbacks.Callback``: the callback's logic on ``self.model``, whose
     optimizer is a Lobster (``level``, ``threshold``, ``best_loss``... variables, ``prune_below``)."""
 
-    def __init__(self, validation_data=None, test_data=None, pwe=20, twt=0.05, good_margin=0.01,
-                 tolerance=0.05, kinds=DEFAULT_KINDS, run_dir=None, verbose=1,
-                 threshold_search="reference", stop_at_pruned=None):
+    def __init__(self, validation_data=None, test_data=None, pwe=schedule.DEFAULT_PWE, twt=schedule.DEFAULT_TWT,
+                 good_margin=schedule.DEFAULT_GOOD_MARGIN, tolerance=schedule.DEFAULT_TOLERANCE,
+                 kinds=DEFAULT_KINDS, run_dir=None, verbose=1,
+                 threshold_search=schedule.DEFAULT_SEARCH_RULE, stop_at_pruned=None):
         super().__init__()
         if pwe < 1:
             raise ValueError(f"pwe must be >= 1 epoch, got {pwe}")

@@ -11,6 +11,16 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 
+# LOBSTER's default settings, the paper code's (EIDOSlab/LOBSTER, LeNet): the one copy that the
+# optimizers (Keras 2 and 3), the LobsterPruning callbacks and kerasprune.config.LobsterConfig read.
+DEFAULT_LMBDA = 1e-4  # sensitivity regularisation strength
+DEFAULT_PWE = 20  # plateau patience (epochs)
+DEFAULT_TWT = 0.05  # admissible relative validation-loss increase per pruning
+DEFAULT_GOOD_MARGIN = 0.01  # an epoch is good if val loss < (1 + margin) * best
+DEFAULT_TOLERANCE = 0.05  # the threshold search's stop rule
+DEFAULT_SEARCH_RULE = "reference"  # the authors' threshold search (docs/lobster.md)
+
+
 @dataclasses.dataclass
 class Plateau:
     """LOBSTER's plateau rule on the validation loss ``l``.
@@ -20,8 +30,8 @@ class Plateau:
     the loss has plateaued: time to prune (the caller then calls :meth:`reset`).
     """
 
-    patience: int = 20
-    margin: float = 0.01
+    patience: int = DEFAULT_PWE
+    margin: float = DEFAULT_GOOD_MARGIN
     best: float = math.inf
     bad_epochs: int = 0
 
@@ -55,7 +65,7 @@ class SearchResult:
     trials: List[Tuple[float, float]]  # every (T, loss) evaluated, in order
 
 
-def start_interval(tensors, rule="reference"):
+def start_interval(tensors, rule=DEFAULT_SEARCH_RULE):
     """``(T_min, T_mean, T_max)`` over the non-zero magnitudes of ``tensors``, where the search starts.
 
     ``reference``: ``tensors`` are the "weight" tensors (kernels, BatchNorm gammas; no biases), T_mean
@@ -71,8 +81,8 @@ def start_interval(tensors, rule="reference"):
     return float(pooled.min()), mean, float(pooled.max())
 
 
-def search_threshold(loss_at: Callable[[float], float], magnitudes, val_loss, twt=0.05,
-                     tolerance=0.05, max_steps=40, rule="reference", start=None) -> Optional[SearchResult]:
+def search_threshold(loss_at: Callable[[float], float], magnitudes, val_loss, twt=DEFAULT_TWT,
+                     tolerance=DEFAULT_TOLERANCE, max_steps=40, rule=DEFAULT_SEARCH_RULE, start=None) -> Optional[SearchResult]:
     """Bisection for a threshold ``T`` whose cut keeps the validation loss <= ``B``.
 
     Args:
