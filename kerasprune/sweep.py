@@ -22,7 +22,7 @@ import math
 import os
 import time
 import tomllib
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from kerasprune import report, results, runs
 from kerasprune.config import LobsterConfig, RunSettings, TrainConfig, setting
@@ -67,6 +67,9 @@ class SweepConfig(RunSettings):
 
     name: str = setting("sweep", "the setup's name, in the figure's title (load_config: the file's name)")
     seeds: List[int] = setting(help="seeds of every baseline; LOBSTER uses the first", factory=lambda: [0, 1])
+    method_seeds: Dict[str, List[int]] = setting(
+        help="seeds of the baselines named here (a [method_seeds] table, e.g. imp = [0, 1, 2]); the others "
+             "use seeds. Issue 18 runs the lottery baselines at 10 seeds and the rest at 3", factory=dict)
     methods: List[str] = setting(help="baselines to run", factory=lambda: list(METHODS),
                                  shown_default="every baseline")
     magnitude_scopes: List[str] = setting(help="variants of magnitude_oneshot: layer (TF-MOT), global (open_lth)",
@@ -92,6 +95,13 @@ class SweepConfig(RunSettings):
             raise KerasPruneError(f"unknown magnitude_scopes {sorted(bad)}; valid: layer, global")
         if not self.seeds:
             raise KerasPruneError("seeds must list at least one seed")
+        unknown = set(self.method_seeds) - set(METHODS)
+        if unknown:
+            raise KerasPruneError(f"[method_seeds] has unknown methods {sorted(unknown)}; valid names are: "
+                                  f"{', '.join(METHODS)}")
+        empty = sorted(name for name, seeds in self.method_seeds.items() if not seeds)
+        if empty:
+            raise KerasPruneError(f"[method_seeds] must list at least one seed for {empty}")
         if not 0 < self.imp_rate < 1:
             raise KerasPruneError(f"imp_rate must be in (0, 1), got {self.imp_rate}")
         if parse_strategy(self.strategy)[0] == "multiworker":
@@ -115,6 +125,10 @@ class SweepConfig(RunSettings):
             return LobsterConfig(**{**self.settings(), "seed": self.seeds[0], **table})
         except KerasPruneError as exc:
             raise KerasPruneError(f"[lobster] {exc}") from None
+
+    def seeds_of(self, method):
+        """The seeds ``method`` runs with: its ``method_seeds`` entry, else ``seeds``."""
+        return list(self.method_seeds.get(method, self.seeds))
 
     def train_config(self, seed, epochs=None):
         return TrainConfig(**self.settings(), seed=seed, epochs=self.epochs if epochs is None else epochs)
@@ -214,10 +228,10 @@ def jobs_for(config, points):
             if kind.per_seed:
                 continue
             for variant in getattr(config, kind.variants) if kind.variants else [""]:
-                jobs += [Job(name, variant, row["point"], s) for s in config.seeds]
+                jobs += [Job(name, variant, row["point"], s) for s in config.seeds_of(name)]
     for name in config.methods:
         if METHODS[name].per_seed:
-            jobs += [Job(name, "", None, s) for s in config.seeds]
+            jobs += [Job(name, "", None, s) for s in config.seeds_of(name)]
     return jobs
 
 

@@ -154,6 +154,27 @@ def test_the_lobster_table_is_a_lobster_config_checked_when_the_file_loads(tmp_p
         sweep.load_config(str(path))
 
 
+def test_method_seeds_give_chosen_baselines_their_own_seeds_and_are_checked(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('model = "lenet300"\nseeds = [0, 1, 2, 3]\nmagnitude_scopes = ["global"]\n'
+                    '[method_seeds]\nimp = [0, 1]\nmagnitude_oneshot = [5]\n')
+    config = sweep.load_config(str(path))
+    jobs = sweep.jobs_for(config, [{"point": 1}, {"point": 2}])
+    seeds = {}
+    for job in jobs:
+        seeds.setdefault(job.method, set()).add((job.point, job.seed))
+    assert seeds["lottery_rewind"] == {(p, s) for p in (1, 2) for s in range(4)}
+    assert seeds["magnitude_oneshot"] == {(1, 5), (2, 5)}
+    assert seeds["imp"] == {(None, 0), (None, 1)}  # one chain per seed covers every point
+    assert seeds["polynomial_decay"] == {(p, s) for p in (1, 2) for s in range(4)}
+    path.write_text('model = "lenet300"\n[method_seeds]\nimp_chain = [0]\n')
+    with pytest.raises(KerasPruneError, match=r"^\[method_seeds\] has unknown methods \['imp_chain'\]; valid.*imp"):
+        sweep.load_config(str(path))
+    path.write_text('model = "lenet300"\n[method_seeds]\nimp = []\n')
+    with pytest.raises(KerasPruneError, match=r"at least one seed for \['imp'\]"):
+        sweep.load_config(str(path))
+
+
 def test_methods_are_registered_in_figure_1s_order_with_results_csv_names():
     assert sweep.BASELINES == tuple(sweep.METHODS) == (
         "lottery_rewind", "random_reinit", "random_structure", "magnitude_oneshot", "imp", "polynomial_decay")
