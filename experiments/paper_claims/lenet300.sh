@@ -3,7 +3,9 @@
 # (reference rule), G = its first operating point with >= 98% of the parameters pruned; 1-S =
 # Frankle & Carbin rewinds of G's mask (sweep seeds 0-2, the best by validation is exported), with
 # Liu et al. re-inits beside them; then `kerasprune analyze` of G against 1-S with the Hessian on
-# the whole training split (54,000 images). Skips seeds whose LOBSTER run has not reached 98% yet.
+# the whole training split (54,000 images); then the same analysis in the paper's units (per-batch
+# training loss, PSP L2 summed over units: docs/analysis.md), reusing the Hessian's cached parts.
+# Skips seeds whose LOBSTER run has not reached 98% yet.
 # Resumable: rerun the same command (sweep and analyze both resume from their folders).
 #   experiments/paper_claims/lenet300.sh [seeds...]      # default: 0 1 2
 cd "$(dirname "$0")/../.." || exit 1
@@ -28,4 +30,8 @@ PY
     --methods lottery_rewind random_reinit --jobs 1 >> "$sweep.sweep.log" 2>&1 || exit 1
   python -m kerasprune analyze --sweep "$sweep" --out "$sweep/analysis" \
     --hessian-examples 54000 >> "$sweep.analyze.log" 2>&1 || exit 1
+  units=$sweep/analysis_paper_units
+  [ -d "$units/parts" ] || { mkdir -p "$units" && cp -r "$sweep/analysis/parts" "$units/"; }
+  python -m kerasprune analyze --sweep "$sweep" --out "$units" --hessian-examples 54000 \
+    --train-loss per-batch --psp-l2 sum-units >> "$sweep.paper_units.log" 2>&1 || exit 1
 done

@@ -4,7 +4,9 @@ Reads each analysed sweep folder (``kerasprune sweep`` + ``kerasprune analyze --
 as ``experiments/paper_claims/lenet300.sh`` makes them), copies what a result depends on into
 ``experiments/results/paper_claims/<name>/`` (``results.csv``, ``exports.json``, ``analysis.json`` and
 the figures) and writes the claim table between the ``<!-- claims:TAG -->`` and ``<!-- /claims:TAG -->``
-markers of ``experiments/results/paper_claims/README.md``, leaving the prose around it alone.
+markers of ``experiments/results/paper_claims/README.md``, leaving the prose around it alone. Sweeps
+also analysed in the paper's units (``SWEEP/analysis_paper_units``, the script's last step) give their
+``analysis_paper_units.json`` and the table between ``<!-- units:TAG -->`` markers, if the README has them.
 
 Verdicts (a sign test over the G's: with 3 seeds, 3 of 3 in one direction has p = 1/8 one-sided, so
 "holds" here means "every seed agrees", not significance):
@@ -24,6 +26,7 @@ import statistics
 import sys
 
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "results", "paper_claims")
+PAPER_UNITS = "analysis_paper_units"  # SWEEP/<this>: kerasprune analyze in the paper's units (docs/analysis.md)
 COMPARABLE = 0.05  # C5: relative gap of first-order entropies still called comparable
 
 # claim: (what, value of one model from analysis.json, paper's direction: G "lower"/"higher"/"comparable")
@@ -69,8 +72,32 @@ def collect(sweep):
     for name in os.listdir(os.path.join(sweep, "analysis")):
         if name == "analysis.json" or name.endswith(".png"):
             shutil.copy2(os.path.join(sweep, "analysis", name), target)
+    units = os.path.join(sweep, PAPER_UNITS, "analysis.json")
+    if os.path.isfile(units):
+        shutil.copy2(units, os.path.join(target, PAPER_UNITS + ".json"))
     with open(analysis_json) as f:
         return json.load(f)
+
+
+def units_table(sweeps):
+    """The paper's units (per-batch training loss, PSP L2 summed over units): one row per sweep that has them."""
+    lines = ["| sweep | training loss, per-batch (G / 1-S) | PSP L2, sum over units and layers incl. logits (G / 1-S) |",
+             "|---|---|---|"]
+    for sweep in sweeps:
+        path = os.path.join(sweep, PAPER_UNITS, "analysis.json")
+        if not os.path.isfile(path):
+            lines.append(f"| {os.path.basename(os.path.normpath(sweep))} | not analysed yet | |")
+            continue
+        with open(path) as f:
+            a = json.load(f)
+        conventions = (a["conventions"]["train_loss"], a["conventions"]["psp_l2"])
+        if conventions != ("per-batch", "sum-units"):
+            raise SystemExit(f"{path}: conventions {conventions}, expected ('per-batch', 'sum-units')")
+        loss = [a["performance"][m]["train_loss"] for m in ("g", "oneshot")]
+        l2 = [a["psp_l2"][m]["overall"] for m in ("g", "oneshot")]
+        lines.append(f"| {os.path.basename(os.path.normpath(sweep))} | {loss[0]:.3g} / {loss[1]:.3g} | "
+                     f"{l2[0]:,.0f} / {l2[1]:,.0f} |")
+    return "\n".join(lines)
 
 
 def errors(sweep):
@@ -119,17 +146,27 @@ def main(argv=None):
     parser.add_argument("sweeps", nargs="+", help="analysed sweep folders (one per LOBSTER seed)")
     parser.add_argument("--tag", required=True, help="marker name in README.md, e.g. lenet300")
     args = parser.parse_args(argv)
-    text = table(sorted(args.sweeps))
+    sweeps = sorted(args.sweeps)
+    text = table(sweeps)
     readme = os.path.join(RESULTS, "README.md")
-    start, end = f"<!-- claims:{args.tag} -->", f"<!-- /claims:{args.tag} -->"
     body = open(readme).read() if os.path.isfile(readme) else ""
-    if start not in body:
-        raise SystemExit(f"{readme} has no {start} ... {end} markers: add them where the table goes")
-    head, rest = body.split(start, 1)
-    tail = rest.split(end, 1)[1]
+    body = between_markers(body, "claims", args.tag, text, required=True)
+    units = units_table(sweeps)
+    body = between_markers(body, "units", args.tag, units, required=False)
     with open(readme, "w") as f:
-        f.write(f"{head}{start}\n{text}\n{end}{tail}")
-    print(text)
+        f.write(body)
+    print(text, units, sep="\n\n")
+
+
+def between_markers(body, kind, tag, text, required):
+    """``body`` with ``text`` between its ``<!-- KIND:TAG -->`` and ``<!-- /KIND:TAG -->`` markers."""
+    start, end = f"<!-- {kind}:{tag} -->", f"<!-- /{kind}:{tag} -->"
+    if start not in body:
+        if required:
+            raise SystemExit(f"README.md has no {start} ... {end} markers: add them where the table goes")
+        return body
+    head, rest = body.split(start, 1)
+    return f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}"
 
 
 if __name__ == "__main__":
