@@ -44,11 +44,11 @@ def ticks_of(points, ticks):
     return out
 
 
-def table(config, rows):
+def table(config, rows, setup):
     lobster = {int(r["point"]): r for r in rows if r["method"] == "lobster"}
     chosen = [p for p in (config.points or sorted(lobster)) if p in lobster]
     sparsity = {p: lobster[p]["pruned_params_pct"] for p in chosen}
-    ticks = ticks_of(sparsity, PAPER_TICKS.get(config.name, []))
+    ticks = ticks_of(sparsity, PAPER_TICKS.get(setup, []))
     stats = report.summarize(rows)
     methods = [key for key in sorted(stats, key=lambda k: (report.ORDER.index(k[0]), k[1])) if key[0] != "lobster"]
     header = ["paper tick: % params (% neurons)", "LOBSTER point", "% params", "% neurons (authors' count)",
@@ -80,9 +80,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the setup's sweep config, e.g. experiments/lenet300_mnist.toml")
     parser.add_argument("sweep", help="its sweep folder (finished or not)")
+    parser.add_argument("--setup", help="the paper's setup it stands for: its ticks and results folder "
+                                        "(default: the config's name)")
     args = parser.parse_args(argv)
     config = sweep.load_config(args.config)
-    target = os.path.join(RESULTS, config.name)
+    setup = args.setup or config.name
+    target = os.path.join(RESULTS, setup)
     os.makedirs(target, exist_ok=True)
     source = os.path.join(args.sweep, "results.csv")
     shutil.copy2(source, os.path.join(target, "results.csv"))
@@ -93,7 +96,7 @@ def main(argv=None):
     report.figure1([r for r in rows if config.points is None or int(r["point"]) in shown],
                    os.path.join(target, "figure1.png"),
                    title=f"{config.name} ({status}: {done} of {total} runs)")
-    text = (f"{table(config, rows)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}); "
+    text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}); "
             "mean ± sample standard deviation over seeds (n in parentheses).")
     readme = os.path.join(target, "README.md")
     body = open(readme).read() if os.path.isfile(readme) else ""
