@@ -2,10 +2,11 @@
 
 :class:`RunSettings` (model, data, optimiser, strategy) is what every run shares; :class:`TrainConfig`
 (plain training) and :class:`LobsterConfig` (a LOBSTER run) add the length and seed of a training
-(:class:`TrainingRun`), and ``kerasprune.sweep.SweepConfig`` (a Figure 1 setup) adds its own fields
-and nests a ``LobsterConfig``. Each field's ``--help`` text sits beside it (:func:`setting`), as in
-open_lth's hparams: :func:`add_arguments` makes a command's flags from the fields and
-:func:`from_args` the config from the parsed flags, so a default lives in one place.
+(:class:`TrainingRun`), :class:`TransferConfig` (a transfer) adds its source and probe to the shared
+ones, and ``kerasprune.sweep.SweepConfig`` (a Figure 1 setup) adds its own fields and nests a
+``LobsterConfig``. Each field's ``--help`` text sits beside it (:func:`setting`), as in open_lth's
+hparams: :func:`add_arguments` makes a command's flags from the fields and :func:`from_args` the
+config from the parsed flags, so a default lives in one place.
 
 The commands import this module for ``kerasprune --help``, so it imports no TensorFlow at import:
 the checks and helpers that need it (``data``, ``models``, ``optimizers``) import it when they run.
@@ -272,6 +273,85 @@ class LobsterConfig(TrainingRun):
         if unknown or not self.kinds:
             raise KerasPruneError(f"kinds must be a non-empty subset of {', '.join(DEFAULT_KINDS)}; "
                                   f"got {', '.join(self.kinds) or 'nothing'}")
+
+
+PROBES = ("linear", "finetune")
+SELECTIONS = ("best", "final")
+PSP_SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class TransferConfig(RunSettings):
+    """A transfer run (``kerasprune.transfer``): the shared :class:`RunSettings` (``dataset`` is the
+    target; the optimizer settings, SGD lr 0.1 batch 100 by default, apply to the head under the
+    linear probe and to every parameter under fine-tuning) plus these, ``kerasprune transfer``'s flags.
+
+    ``model`` is not chosen: the architecture is the source's. It is filled in from the source run's
+    ``config.json`` (``kerasprune.transfer.resolve``) and stays None for a SavedModel source.
+    """
+
+    model: Optional[str] = setting(None, "the source's architecture, filled in from its run folder "
+                                         "(None for a SavedModel source)")
+    source: str = setting("", "run folder (train, sweep retraining, LOBSTER with --point) or SavedModel directory")
+    point: Optional[int] = setting(None, "operating point of a LOBSTER source")  # required for one
+    probe: str = setting("linear", "linear: train the new head only (default); finetune: train everything, the "
+                                   "source's zeros kept by TF-MOT wrappers", choices=PROBES)
+    shots: Optional[int] = setting(None, "train on N examples per class of the target", type=positive_int,
+                                   shown_default="the whole training split")
+    shot_seed: Optional[int] = setting(None, "seed of the few-shot draw", shown_default="--seed")
+    epochs: int = setting(10, "epochs to train", type=positive_int)
+    seed: int = setting(0, "seed of the new head and of the data order")
+    select: str = setting("best", "weights kept: best epoch by validation loss (default) or the final one",
+                          choices=SELECTIONS)
+    mask_kinds: Tuple[str, ...] = setting(DEFAULT_KINDS, "parameters whose source zeros stay zero under finetune, "
+                                                         "comma-separated")
+    psp_split: str = setting("train", "target split measured (default train: the whole split, also with --shots)",
+                             choices=PSP_SPLITS)
+    psp_examples: int = setting(5000, "seeded sample of that split", type=positive_int)  # all of it if smaller
+    psp_pair_samples: int = setting(20000, "sampled neuron pairs per wide layer, second order", type=positive_int)
+    psp_max_exact_units: int = setting(1024, "layers up to this width get exact second order", type=positive_int)
+    export_dir: Optional[str] = setting(None, "root of SavedModel exports",
+                                        shown_default="$KERASPRUNE_SAVED_MODELS or ./saved_models")
+
+    def __post_init__(self):
+        # RunSettings checks that ``model`` is a registered name; a transfer's architecture is its
+        # source's, which has none when it is a SavedModel: only a given name is checked.
+        from kerasprune import models
+
+        model = self.model
+        if model is None:
+            self.model = sorted(models.MODELS)[0]
+        try:
+            super().__post_init__()
+        finally:
+            self.model = model
+        if not self.source:
+            raise KerasPruneError("a transfer needs a source: a run folder or a SavedModel directory")
+        self.source = os.path.abspath(self.source)  # the same source from any working directory
+        self.mask_kinds = tuple(self.mask_kinds)
+        if self.probe not in PROBES:
+            raise KerasPruneError(f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}")
+        if self.select not in SELECTIONS:
+            raise KerasPruneError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.psp_split not in PSP_SPLITS:
+            raise KerasPruneError(f"psp_split must be one of {', '.join(PSP_SPLITS)}, got {self.psp_split!r}")
+        if self.epochs < 1:
+            raise KerasPruneError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("shots", "psp_examples", "psp_pair_samples", "psp_max_exact_units"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise KerasPruneError(f"{name} must be >= 1, got {value}")
+        if self.point is not None and self.point < 0:
+            raise KerasPruneError(f"point must be >= 0, got {self.point}")
+        unknown = set(self.mask_kinds) - set(DEFAULT_KINDS)
+        if unknown or not self.mask_kinds:
+            raise KerasPruneError(f"mask_kinds must be a non-empty subset of {', '.join(DEFAULT_KINDS)}; "
+                                  f"got {', '.join(self.mask_kinds) or 'nothing'}")
+
+    @property
+    def draw_seed(self):
+        """The seed of the few-shot draw."""
+        return self.seed if self.shot_seed is None else self.shot_seed
 
 
 # ---------------------------------------------------------------------------------------------

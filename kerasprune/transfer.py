@@ -21,89 +21,21 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
-from kerasprune import _tfmot, analysis, data, export, models, runs, sparsity, training
+from kerasprune import _tfmot, analysis, data, export, runs, sparsity, training
 from kerasprune._keras import keras, tf
-from kerasprune.config import RunSettings
+from kerasprune.config import PROBES, PSP_SPLITS, SELECTIONS, TransferConfig  # defined there, TF-free for --help
 from kerasprune.distribute import declare_strategy, get_strategy, is_chief
 from kerasprune.errors import KerasPruneError
 from kerasprune.pure.points import read_operating_points
 
-PROBES = ("linear", "finetune")
-SELECTIONS = ("best", "final")
-PSP_SPLITS = ("train", "validation", "test")
 # The same file name as the sweep's retrainings: ``kerasprune export`` and another transfer read a
 # transfer folder the way they read those (when its config names a registered model).
 FINAL_WEIGHTS = runs.FINAL_WEIGHTS
 LOBSTER_POINTS = runs.POINTS_CSV
-
-
-@dataclasses.dataclass
-class TransferConfig(RunSettings):
-    """A transfer run: the shared :class:`~kerasprune.config.RunSettings` (``dataset`` is the target;
-    the optimizer settings, SGD lr 0.1 batch 100 by default, apply to the head under the linear
-    probe and to every parameter under fine-tuning) plus these.
-
-    ``model`` is not chosen: the architecture is the source's. It is filled in from the source run's
-    ``config.json`` (:func:`resolve`) and stays None for a SavedModel source.
-    """
-
-    model: Optional[str] = None
-    source: str = ""  # a run folder (train, LOBSTER with point, sweep retraining) or a SavedModel dir
-    point: Optional[int] = None  # operating point of a LOBSTER source (required for one)
-    probe: str = "linear"  # "linear" (frozen body) or "finetune" (everything, source mask fixed)
-    shots: Optional[int] = None  # examples per class to train on (None: the whole training split)
-    shot_seed: Optional[int] = None  # seed of the few-shot draw (None: ``seed``)
-    epochs: int = 10
-    seed: int = 0  # seed of the new head's initial weights and of the data order
-    select: str = "best"  # "best" (lowest validation loss) or "final" epoch's weights
-    mask_kinds: Tuple[str, ...] = sparsity.DEFAULT_KINDS  # what the fixed mask covers (finetune)
-    psp_split: str = "train"  # target split the PSP-entropies are measured on
-    psp_examples: int = 5000  # seeded sample of that split (all of it if smaller)
-    psp_pair_samples: int = 20000  # sampled pairs per wide layer (second order)
-    psp_max_exact_units: int = 1024  # layers up to this width get exact second order
-    export_dir: Optional[str] = None  # root of the SavedModel export (default ./saved_models)
-
-    def __post_init__(self):
-        # RunSettings checks that ``model`` is a registered name; a transfer's architecture is its
-        # source's, which has none when it is a SavedModel: only a given name is checked.
-        model = self.model
-        if model is None:
-            self.model = sorted(models.MODELS)[0]
-        try:
-            super().__post_init__()
-        finally:
-            self.model = model
-        if not self.source:
-            raise KerasPruneError("a transfer needs a source: a run folder or a SavedModel directory")
-        self.source = os.path.abspath(self.source)  # the same source from any working directory
-        self.mask_kinds = tuple(self.mask_kinds)
-        if self.probe not in PROBES:
-            raise KerasPruneError(f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}")
-        if self.select not in SELECTIONS:
-            raise KerasPruneError(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
-        if self.psp_split not in PSP_SPLITS:
-            raise KerasPruneError(f"psp_split must be one of {', '.join(PSP_SPLITS)}, got {self.psp_split!r}")
-        if self.epochs < 1:
-            raise KerasPruneError(f"epochs must be >= 1, got {self.epochs}")
-        for name in ("shots", "psp_examples", "psp_pair_samples", "psp_max_exact_units"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise KerasPruneError(f"{name} must be >= 1, got {value}")
-        if self.point is not None and self.point < 0:
-            raise KerasPruneError(f"point must be >= 0, got {self.point}")
-        unknown = set(self.mask_kinds) - set(sparsity.DEFAULT_KINDS)
-        if unknown or not self.mask_kinds:
-            raise KerasPruneError(f"mask_kinds must be a non-empty subset of {', '.join(sparsity.DEFAULT_KINDS)}; "
-                                  f"got {', '.join(self.mask_kinds) or 'nothing'}")
-
-    @property
-    def draw_seed(self):
-        """The seed of the few-shot draw."""
-        return self.seed if self.shot_seed is None else self.shot_seed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,4 +450,4 @@ def _log_summary(out, metrics):
 
 __all__ = ["TransferConfig", "run", "replace_head", "classifier_layer", "freeze_body", "body_layers",
            "source_mask", "draw_shots", "describe_source", "load_source", "resolve", "check_input_shape",
-           "load_target", "prepare", "psp_summary", "PROBES", "FINAL_WEIGHTS"]
+           "load_target", "prepare", "psp_summary", "PROBES", "SELECTIONS", "PSP_SPLITS", "FINAL_WEIGHTS"]

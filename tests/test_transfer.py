@@ -222,3 +222,27 @@ def test_transfer_config_has_the_shared_settings_and_its_own_checks():
     assert transfer.TransferConfig(source="x").model is None  # the source's architecture
     args = cli.build_parser().parse_args(["transfer", "--source", "x", "--dataset", "mnist", "--out", "o"])
     assert shared - {"model"} <= set(vars(args))  # a flag for every shared setting but the model
+
+
+def test_flags_are_made_from_the_config_fields_so_their_defaults_cannot_drift():
+    def parse(*flags):
+        return cli.build_parser().parse_args(["transfer", "--source", "x", "--dataset", "mnist", "--out", "o", *flags])
+
+    fields = dataclasses.fields(transfer.TransferConfig)
+    assert [f.name for f in fields if not f.metadata.get("help")] == []
+    assert {f.name for f in fields} - {"model"} <= set(vars(parse()))  # a flag for every setting but the model
+    assert config.from_args(transfer.TransferConfig, parse()) == transfer.TransferConfig(source="x", dataset="mnist")
+    values = dict(point=3, probe="finetune", shots=5, shot_seed=7, mask_kinds=("kernel", "bias"), select="final",
+                  epochs=4, seed=2, lr=0.05, psp_split="test", psp_examples=100, psp_pair_samples=50,
+                  psp_max_exact_units=64, export_dir="e")
+    args = parse("--point", "3", "--probe", "finetune", "--shots", "5", "--shot-seed", "7", "--mask-kinds",
+                 "kernel, bias", "--select", "final", "--epochs", "4", "--seed", "2", "--lr", "0.05",
+                 "--psp-split", "test", "--psp-examples", "100", "--psp-pair-samples", "50",
+                 "--psp-max-exact-units", "64", "--export-dir", "e")
+    assert config.from_args(transfer.TransferConfig, args) == transfer.TransferConfig(source="x", dataset="mnist",
+                                                                                      **values)
+    for bad in (["--probe", "full"], ["--shots", "0"], ["--psp-split", "val"]):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+    with pytest.raises(SystemExit):  # --source is required
+        cli.build_parser().parse_args(["transfer", "--dataset", "mnist", "--out", "o"])

@@ -3,7 +3,7 @@ import json
 
 from kerasprune import config
 from kerasprune.commands import _common
-from kerasprune.config import comma_separated
+from kerasprune.config import TransferConfig
 
 HELP = "transfer a trained (sparse) model to another dataset: linear probe or fine-tuning with its mask"
 DESCRIPTION = """Replace the classifier of a trained model with a fresh one for the target dataset's
@@ -30,52 +30,25 @@ examples:
       --probe finetune --shots 10 --epochs 100 --out runs/t_ft10
 """
 
+SOURCE = ("source", "point")
+TRANSFER = ("probe", "shots", "shot_seed", "mask_kinds", "select")
+TRAINING = tuple(name for name in _common.TRAINING if name != "model")  # the architecture is the source's
+PSP = ("psp_split", "psp_examples", "psp_pair_samples", "psp_max_exact_units")
+
 
 def add_arguments(parser):
-    g = parser.add_argument_group("source")
-    g.add_argument("--source", required=True,
-                   help="run folder (train, sweep retraining, LOBSTER with --point) or SavedModel directory")
-    g.add_argument("--point", type=int, default=None, help="operating point of a LOBSTER source")
-    g = parser.add_argument_group("transfer")
-    g.add_argument("--probe", choices=("linear", "finetune"), default="linear",
-                   help="linear: train the new head only (default); finetune: train everything, the "
-                        "source's zeros kept by TF-MOT wrappers")
-    g.add_argument("--shots", type=_common.positive_int, default=None,
-                   help="train on N examples per class of the target (default: the whole training split)")
-    g.add_argument("--shot-seed", type=int, default=None, help="seed of the few-shot draw (default: --seed)")
-    g.add_argument("--mask-kinds", default="kernel,bias,norm",
-                   help="parameters whose source zeros stay zero under finetune, comma-separated "
-                        "(default kernel,bias,norm)")
-    g.add_argument("--select", choices=("best", "final"), default="best",
-                   help="weights kept: best epoch by validation loss (default) or the final one")
-    g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=_common.positive_int, default=10, help="default 10")
-    g.add_argument("--seed", type=int, default=0, help="seed of the new head and of the data order")
-    g.add_argument("--batch-size", type=_common.positive_int, default=100,
-                   help="global batch size (split over replicas under --strategy)")
-    g.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
-    g.add_argument("--momentum", type=float, default=0.0)
-    g.add_argument("--weight-decay", type=float, default=0.0,
-                   help="coupled L2 weight decay (PyTorch SGD's weight_decay) on the trained parameters "
-                        "(default 0)")
-    g.add_argument("--optimizer", default="sgd", help="any Keras optimizer name (default sgd)")
-    g = parser.add_argument_group("PSP-entropy (of the hidden ReLU inputs, on the target data)")
-    g.add_argument("--psp-split", choices=("train", "validation", "test"), default="train",
-                   help="target split measured (default train: the whole split, also with --shots)")
-    g.add_argument("--psp-examples", type=_common.positive_int, default=5000,
-                   help="seeded sample of that split (default 5000)")
-    g.add_argument("--psp-pair-samples", type=_common.positive_int, default=20000,
-                   help="sampled neuron pairs per wide layer, second order (default 20000)")
-    g.add_argument("--psp-max-exact-units", type=_common.positive_int, default=1024,
-                   help="layers up to this width get exact second order (default 1024)")
+    config.add_arguments(parser.add_argument_group("source"), TransferConfig, SOURCE, required=("source",))
+    config.add_arguments(parser.add_argument_group("transfer"), TransferConfig, TRANSFER)
+    config.add_arguments(parser.add_argument_group("training"), TransferConfig, TRAINING)
+    psp = parser.add_argument_group("PSP-entropy (of the hidden ReLU inputs, on the target data)")
+    config.add_arguments(psp, TransferConfig, PSP)
     _common.add_data_arguments(parser)
     _common.add_run_arguments(parser)
 
 
 def run(args):
-    from kerasprune.transfer import TransferConfig, run as run_transfer  # TensorFlow, which --help must not load
+    from kerasprune.transfer import run as run_transfer  # here: it imports TensorFlow, which --help must not load
 
-    settings = config.from_args(TransferConfig, args, mask_kinds=comma_separated(args.mask_kinds))
-    metrics = run_transfer(settings, args.out)
+    metrics = run_transfer(config.from_args(TransferConfig, args), args.out)
     print(json.dumps({k: metrics[k] for k in ("test_accuracy", "test_loss", "epochs_completed",
                                                "source_pruned_params_pct", "psp_entropy_1", "psp_entropy_2")}))
