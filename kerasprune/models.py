@@ -5,6 +5,8 @@ feeds it (the post-synaptic potential of the paper's eq. 2) is a tensor of the f
 a sub-model can expose. Models are built uncompiled and with standard layers only, so exported
 SavedModels load without kerasprune installed.
 """
+import math
+
 from kerasprune import data
 from kerasprune._keras import keras
 from kerasprune.registry import Registry
@@ -97,33 +99,61 @@ def _shortcut_a(x, filters, stride, name):
     return keras.layers.Concatenate(name=f"{name}_pad")([x, zeros])
 
 
-def _basic_block(x, filters, stride, name):
-    init = "he_normal"  # a name, so each layer gets its own (seeded-by-global-seed) initializer
+# The authors' ResNet-32 (EIDOSlab/LOBSTER, src/utilities/architectures.py) is a PyTorch module built
+# with PyTorch's defaults: its He-normal `_weights_init` is commented out, so every conv and the linear
+# layer keep PyTorch's default init, U(+-1/sqrt(fan_in)) for weights and the linear bias, and its
+# BatchNorm2d layers PyTorch's momentum 0.1 (Keras: 0.9) and eps 1e-5. kerasprune follows them
+# (init="authors"); init="he" is He-normal kernels (akamaster's `_weights_init`) with a zero logits bias,
+# kerasprune's init before session 7. With Keras's BatchNorm
+# defaults (momentum 0.99, eps 1e-3) and He-normal init, a run on a small subset diverged in its
+# first steps (loss 6-7) and its validation loss read 1e7-1e9 for epochs: moving statistics that
+# follow 1% per step.
+RESNET_INITS = ("authors", "he")
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # PyTorch's BatchNorm2d defaults (momentum 0.1) in Keras's terms
+
+
+def _kernel_init(init):
+    """A fresh initializer per layer (each draws from the global seed): PyTorch's default, or He-normal."""
+    if init == "he":
+        return "he_normal"
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
+def _batch_norm(name):
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+def _basic_block(x, filters, stride, name, init):
     y = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                            kernel_initializer=init, name=f"{name}_conv1")(x)
-    y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+                            kernel_initializer=_kernel_init(init), name=f"{name}_conv1")(x)
+    y = _batch_norm(f"{name}_bn1")(y)
     y = keras.layers.ReLU(name=f"{name}_relu1")(y)
-    y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=init,
+    y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=_kernel_init(init),
                             name=f"{name}_conv2")(y)
-    y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = _batch_norm(f"{name}_bn2")(y)
     y = keras.layers.Add(name=f"{name}_add")([y, _shortcut_a(x, filters, stride, f"{name}_short")])
     return keras.layers.ReLU(name=f"{name}_relu2")(y)
 
 
 @MODELS.register("resnet32")
-def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64)):
+def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64), init="authors"):
     """He et al.'s CIFAR ResNet-(6n+2), n=5: 3 stages of basic blocks, 16/32/64 filters,
-    batch norm and option-A (parameter-free) shortcuts, as in akamaster/pytorch_resnet_cifar10."""
-    init = "he_normal"  # a name, so each layer gets its own (seeded-by-global-seed) initializer
+    batch norm and option-A (parameter-free) shortcuts, as in akamaster/pytorch_resnet_cifar10 and
+    the authors' code; ``init``: see :data:`RESNET_INITS` (default: the authors')."""
+    if init not in RESNET_INITS:
+        raise ValueError(f"init must be one of {', '.join(RESNET_INITS)}, got {init!r}")
     inputs = keras.Input(input_shape, name="image")
-    x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=init,
+    x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=_kernel_init(init),
                             name="stem_conv")(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = _batch_norm("stem_bn")(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     for stage, filters in enumerate(widths, start=1):
         for block in range(1, blocks_per_stage + 1):
             stride = 2 if stage > 1 and block == 1 else 1
-            x = _basic_block(x, filters, stride, name=f"stage{stage}_block{block}")
+            x = _basic_block(x, filters, stride, name=f"stage{stage}_block{block}", init=init)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(num_classes, kernel_initializer=init, name="logits")(x)
+    bound = 1.0 / math.sqrt(widths[-1])  # PyTorch's default bias init, U(+-1/sqrt(fan_in))
+    bias_init = "zeros" if init == "he" else keras.initializers.RandomUniform(-bound, bound)
+    outputs = keras.layers.Dense(num_classes, kernel_initializer=_kernel_init(init), bias_initializer=bias_init,
+                                 name="logits")(x)
     return keras.Model(inputs, outputs, name=f"resnet{6 * blocks_per_stage + 2}")

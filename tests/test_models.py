@@ -53,3 +53,22 @@ def test_same_seed_same_weights():
 def test_unknown_model_names_the_valid_ones():
     with pytest.raises(KerasPruneError, match="valid names are: lenet300, lenet5, resnet32"):
         models.build("vgg16")
+
+
+def test_resnet32_starts_as_the_authors_pytorch_module_does():
+    """EIDOSlab/LOBSTER's ResNet-32 keeps PyTorch's defaults: weights and the linear bias U(+-1/sqrt(fan_in))
+    (std 1/sqrt(3 fan_in)), BatchNorm momentum 0.1 (Keras 0.9) and eps 1e-5."""
+    model = models.build("resnet32", seed=0)
+    conv = model.get_layer("stage3_block5_conv2").kernel.numpy()  # fan_in = 3 * 3 * 64
+    fan_in = 3 * 3 * 64
+    assert np.abs(conv).max() <= 1 / np.sqrt(fan_in)
+    assert conv.std() == pytest.approx(1 / np.sqrt(3 * fan_in), rel=0.02)  # 36,864 draws
+    logits = model.get_layer("logits")
+    assert np.abs(logits.bias.numpy()).max() <= 1 / 8 and np.abs(logits.bias.numpy()).min() > 0
+    for bn in (l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)):
+        assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)
+    he = models.build("resnet32", seed=0, init="he")
+    assert he.get_layer("stage3_block5_conv2").kernel.numpy().std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.03)
+    assert not he.get_layer("logits").bias.numpy().any()
+    with pytest.raises(ValueError, match="init must be one of authors, he, got 'glorot'"):
+        models.build("resnet32", init="glorot")
