@@ -95,7 +95,7 @@ def units_table(sweeps):
             raise SystemExit(f"{path}: conventions {conventions}, expected ('per-batch', 'sum-units')")
         loss = [a["performance"][m]["train_loss"] for m in ("g", "oneshot")]
         l2 = [a["psp_l2"][m]["overall"] for m in ("g", "oneshot")]
-        lines.append(f"| {os.path.basename(os.path.normpath(sweep))} | {loss[0]:.3g} / {loss[1]:.3g} | "
+        lines.append(f"| {os.path.basename(os.path.normpath(sweep))} | {loss[0]:.2e} / {loss[1]:.2e} | "
                      f"{l2[0]:,.0f} / {l2[1]:,.0f} |")
     return "\n".join(lines)
 
