@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -288,6 +289,12 @@ def test_sweep_of_chosen_points_exports_g_and_1s_at_the_sparsest_chosen_point(tm
     exports = json.loads(open(os.path.join(out, "exports.json")).read())
     assert exports["g_point"] == 1 and exports["oneshot_point"] == 1
     assert exports["g_pruned_params_pct"] == pytest.approx(50.0, abs=0.01)
+    # The table carried to a machine without the run folders: a one-line error naming the row to redo.
+    shutil.rmtree(os.path.join(out, "runs"))
+    os.remove(os.path.join(out, "exports.json"))
+    with pytest.raises(KerasPruneError, match=r"^cannot export 1-S: .*final.weights.h5 is missing .*delete the row "
+                                              r"of runs/lottery_rewind/point_001/seed_0 from results.csv"):
+        sweep.run(tiny(lobster_dir, seeds=[0], methods=["lottery_rewind"], points=[1]), out, verbose=0)
 
 
 def test_sweep_refuses_a_lobster_dir_of_another_setup_and_points_it_does_not_have(tmp_path, lobster_dir):
