@@ -122,6 +122,13 @@ def test_a_held_run_lock_is_reported_busy_to_a_second_sweep(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Configs.
 
+def assert_config_refused(path, text, match):
+    """``text`` as the sweep config at ``path`` is refused with a one-line error matching ``match``."""
+    path.write_text(text)
+    with pytest.raises(KerasPruneError, match=match):
+        sweep.load_config(str(path))
+
+
 def test_every_experiment_config_loads():
     folder = os.path.join(ROOT, "experiments")
     names = sorted(f for f in os.listdir(folder) if f.endswith(".toml"))
@@ -147,12 +154,10 @@ def test_the_lobster_table_is_a_lobster_config_checked_when_the_file_loads(tmp_p
     lobster = sweep.load_config(str(path)).lobster
     assert isinstance(lobster, LobsterConfig)
     assert (lobster.seed, lobster.epochs, lobster.pwe, lobster.lr, lobster.lmbda) == (3, 7, 2, 0.3, 1e-4)
-    path.write_text('model = "lenet300"\n[lobster]\npatience = 2\n')
-    with pytest.raises(KerasPruneError, match=r"^\[lobster\] has unknown keys \['patience'\]; valid: .*pwe"):
-        sweep.load_config(str(path))
-    path.write_text('model = "lenet300"\n[lobster]\npwe = 0\n')
-    with pytest.raises(KerasPruneError, match=r"^\[lobster\] pwe must be >= 1, got 0$"):
-        sweep.load_config(str(path))
+    assert_config_refused(path, 'model = "lenet300"\n[lobster]\npatience = 2\n',
+                          r"^\[lobster\] has unknown keys \['patience'\]; valid: .*pwe")
+    assert_config_refused(path, 'model = "lenet300"\n[lobster]\npwe = 0\n',
+                          r"^\[lobster\] pwe must be >= 1, got 0$")
 
 
 def test_method_seeds_give_chosen_baselines_their_own_seeds_and_are_checked(tmp_path):
@@ -168,12 +173,10 @@ def test_method_seeds_give_chosen_baselines_their_own_seeds_and_are_checked(tmp_
     assert seeds["magnitude_oneshot"] == {(1, 5), (2, 5)}
     assert seeds["imp"] == {(None, 0), (None, 1)}  # one chain per seed covers every point
     assert seeds["polynomial_decay"] == {(p, s) for p in (1, 2) for s in range(4)}
-    path.write_text('model = "lenet300"\n[method_seeds]\nimp_chain = [0]\n')
-    with pytest.raises(KerasPruneError, match=r"^\[method_seeds\] has unknown methods \['imp_chain'\]; valid.*imp"):
-        sweep.load_config(str(path))
-    path.write_text('model = "lenet300"\n[method_seeds]\nimp = []\n')
-    with pytest.raises(KerasPruneError, match=r"at least one seed for \['imp'\]"):
-        sweep.load_config(str(path))
+    assert_config_refused(path, 'model = "lenet300"\n[method_seeds]\nimp_chain = [0]\n',
+                          r"^\[method_seeds\] has unknown methods \['imp_chain'\]; valid.*imp")
+    assert_config_refused(path, 'model = "lenet300"\n[method_seeds]\nimp = []\n',
+                          r"at least one seed for \['imp'\]")
 
 
 def test_methods_are_registered_in_figure_1s_order_with_results_csv_names():
@@ -183,12 +186,8 @@ def test_methods_are_registered_in_figure_1s_order_with_results_csv_names():
 
 def test_config_errors_name_the_bad_key_and_the_valid_ones(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text('model = "lenet300"\nepoch = 3\n')
-    with pytest.raises(KerasPruneError, match=r"unknown keys \['epoch'\].*epochs"):
-        sweep.load_config(str(path))
-    path.write_text('methods = ["lottery"]\n')
-    with pytest.raises(KerasPruneError, match="unknown methods.*lottery_rewind"):
-        sweep.load_config(str(path))
+    assert_config_refused(path, 'model = "lenet300"\nepoch = 3\n', r"unknown keys \['epoch'\].*epochs")
+    assert_config_refused(path, 'methods = ["lottery"]\n', "unknown methods.*lottery_rewind")
 
 
 # ---------------------------------------------------------------------------------------------
