@@ -527,11 +527,10 @@ def export_solutions(config, out, lobster_dir, points, rows):
     if candidates:
         best = min(candidates, key=lambda r: (r["val_error"], r["test_error"]))
         source = os.path.join(out, best["run_dir"], oneshot.FINAL_WEIGHTS)
-        if current.get("oneshot_source") != source and not os.path.isfile(source):
-            # A table carried to another machine without its run folders (experiments/results/*).
-            raise KerasPruneError(f"cannot export 1-S: {source} is missing (its run folder is gone); delete the "
-                                  f"row of {best['run_dir']} from {runs.RESULTS} and rerun the sweep to redo it")
         if current.get("oneshot_source") != source:
+            if not os.path.isfile(source):  # a table carried to another machine without its run folders
+                raise KerasPruneError(f"cannot export 1-S: {source} is missing (its run folder is gone); delete "
+                                      f"the row of {best['run_dir']} from {runs.RESULTS} and rerun the sweep to redo it")
             model = oneshot.build_model(config.train_config(0))
             model.load_weights(source)
             info.update(oneshot=training.export_saved_model(model, os.path.join(out, "exports", "oneshot")),
