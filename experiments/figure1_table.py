@@ -44,9 +44,14 @@ def ticks_of(points, ticks):
     return out
 
 
-def table(config, rows, setup):
+def lobster_points(config, rows):
+    """LOBSTER's rows by point, and the points the sweep retrains at (``points``, else all but the dense one)."""
     lobster = {int(r["point"]): r for r in rows if r["method"] == "lobster"}
-    chosen = [p for p in (config.points or sorted(lobster)) if p in lobster]
+    return lobster, [p for p in (config.points or sorted(lobster)[1:]) if p in lobster]
+
+
+def table(config, rows, setup):
+    lobster, chosen = lobster_points(config, rows)
     sparsity = {p: lobster[p]["pruned_params_pct"] for p in chosen}
     ticks = ticks_of(sparsity, PAPER_TICKS.get(setup, []))
     stats = report.summarize(rows)
@@ -69,8 +74,7 @@ def table(config, rows, setup):
 
 def progress(config, rows):
     """``(done, total)`` runs of the sweep (an IMP chain counts once per point)."""
-    lobster = {int(r["point"]): r for r in rows if r["method"] == "lobster"}
-    points = [{"point": p} for p in (config.points or sorted(lobster))]
+    points = [{"point": p} for p in lobster_points(config, rows)[1]]
     done = {results.key_of(r) for r in rows}
     keys = [k for job in sweep.jobs_for(config, points) for k in job.keys(points)]
     return sum(k in done for k in keys), len(keys)
@@ -92,8 +96,8 @@ def main(argv=None):
     rows = results.read(source)
     done, total = progress(config, rows)
     status = "complete" if done == total else "partial"
-    shown = set(config.points or ()) | {0}  # the paper's layout: the dense net, then the chosen points only
-    report.figure1([r for r in rows if config.points is None or int(r["point"]) in shown],
+    shown = set(lobster_points(config, rows)[1]) | {0}  # the paper's layout: the dense net, then the chosen points
+    report.figure1([r for r in rows if int(r["point"]) in shown],
                    os.path.join(target, "figure1.png"),
                    title=f"{config.name} ({status}: {done} of {total} runs)")
     text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}); "
