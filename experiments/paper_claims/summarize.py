@@ -15,7 +15,12 @@ Verdicts (a sign test over the G's: with 3 seeds, 3 of 3 in one direction has p 
   C5 ("comparable"): holds when |H1(G) - H1(1-S)| <= 5% of H1(1-S) for every seed, does not hold
   when it is larger for every seed, undecided otherwise.
 
+Sweeps whose rewinds were each analysed against G (``SWEEP/rewinds/seed_S/``, the last step of
+``experiments/paper_claims/lenet5.sh``) give a table between ``<!-- rewinds:TAG -->`` markers: G against
+every rewind, and on how many the claim goes the paper's way.
+
   python experiments/paper_claims/summarize.py --tag lenet300 runs/paper_claims/lenet300_ref_seed*_p*
+  python experiments/paper_claims/summarize.py --tag lenet5 runs/paper_claims/lenet5_ref_seed0_p*
 """
 import argparse
 import csv
@@ -124,8 +129,8 @@ def table(sweeps):
         cells = " | ".join(f"{g:.4g} / {o:.4g} {'✓' if ok else '✗'}" for (g, o), ok in zip(pairs, flags))
         means = f"{spread([g for g, _ in pairs])} / {spread([o for _, o in pairs])}"
         lines.append(f"| {claim} {what} | G {direction} | {cells} | {means} | {verdict(flags)} |")
-    lines += ["", "Test error (%) of each sweep: G, then the 3 rewinds (the paper's 1-S is the best of them by "
-              "validation error) and the 3 Liu et al. re-inits:", "",
+    lines += ["", "Test error (%) of each sweep: G, then the rewinds (the paper's 1-S is the best of them by "
+              "validation error) and the Liu et al. re-inits, by sweep seed:", "",
               "| sweep | G | rewinds | re-inits | Hessian: free parameters, examples, HVPs (G, 1-S), seconds |",
               "|---|---|---|---|---|"]
     for sweep, name, a in zip(sweeps, names, analyses):
@@ -141,6 +146,37 @@ def table(sweeps):
     return "\n".join(lines)
 
 
+def rewinds_table(sweep):
+    """G against every rewind of one sweep (``SWEEP/rewinds/seed_S/analysis.json``, as
+    ``experiments/paper_claims/lenet5.sh`` writes them), or None when there are none: the spread over
+    the one-shot seeds that one LOBSTER seed leaves."""
+    root = os.path.join(sweep, "rewinds")
+    seeds = sorted(os.listdir(root), key=lambda n: int(n.rsplit("_", 1)[1])) if os.path.isdir(root) else []
+    analyses = {}
+    for name in seeds:
+        path = os.path.join(root, name, "analysis.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                analyses[name] = json.load(f)
+    if not analyses:
+        return None
+    target = os.path.join(RESULTS, os.path.basename(os.path.normpath(sweep)), "rewinds")
+    os.makedirs(target, exist_ok=True)
+    for name in analyses:
+        shutil.copy2(os.path.join(root, name, "analysis.json"), os.path.join(target, f"{name}.json"))
+    first = next(iter(analyses.values()))
+    lines = ["| claim | G | " + " | ".join(f"rewind {n.replace('_', ' ')}" for n in analyses)
+             + " | rewinds: mean ± std | G on the paper's side of |",
+             "|---|---|" + "---|" * len(analyses) + "---|---|"]
+    for claim, (what, value, direction) in CLAIMS.items():
+        g = value(first, "g")
+        others = [value(a, "oneshot") for a in analyses.values()]
+        sides = sum(agrees(direction, g, o) for o in others)
+        lines.append(f"| {claim} {what} | {g:.4g} | " + " | ".join(f"{o:.4g}" for o in others)
+                     + f" | {spread(others)} | {sides} of {len(others)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", nargs="+", help="analysed sweep folders (one per LOBSTER seed)")
@@ -153,9 +189,12 @@ def main(argv=None):
     body = between_markers(body, "claims", args.tag, text, required=True)
     units = units_table(sweeps)
     body = between_markers(body, "units", args.tag, units, required=False)
+    rewinds = [t for t in map(rewinds_table, sweeps) if t]
+    if rewinds:
+        body = between_markers(body, "rewinds", args.tag, "\n\n".join(rewinds), required=False)
     with open(readme, "w") as f:
         f.write(body)
-    print(text, units, sep="\n\n")
+    print(text, units, *rewinds, sep="\n\n")
 
 
 def between_markers(body, kind, tag, text, required):
