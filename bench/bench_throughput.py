@@ -48,7 +48,7 @@ def _old_init(self, *args, **kwargs):
     self.weight_decay, self._skip_unused_momentum = 0, False
 lobster_optimizer.Lobster.__init__ = _old_init
 _load = data.load
-data.load = lambda *a, **k: _load(*a, **k)._replace(train_epochs=None)
+data.load = lambda *a, **k: _load(*a, **k)._replace()  # drops the train_epochs attribute: the reshuffling pipeline
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -111,6 +111,7 @@ def sweep_ratio(out_root):
     env = dict(os.environ)
     env.pop("KERASPRUNE_THREADS", None)  # the old path ran with TensorFlow's default threads
     seconds = {}
+    os.makedirs(out_root, exist_ok=True)
     for name, argv in (("old", [sys.executable, "-c", OLD_PATH, "sweep", config, "--jobs", "1"]),
                        ("new", [sys.executable, "-m", "kerasprune", "sweep", config])):
         out = os.path.join(out_root, name)
