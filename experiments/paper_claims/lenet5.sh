@@ -7,8 +7,10 @@
 #      experiments/lenet5_mnist_paper_claims.toml); 1-S = the rewind with the lowest validation error;
 #   2. `kerasprune analyze` of G against 1-S: Hessian on the whole training split (54,000 images),
 #      21 x 21 maps, then the same in the paper's units (reusing the Hessian);
-#   3. G against each of the five rewinds, without maps (--grid 2; G's Hessian and PSP statistics
-#      reused), for the statistics over the one-shot seeds.
+#   3. G against each of the five rewinds, without maps (--grid 2; G's Hessian reused), for the
+#      statistics over the one-shot seeds;
+#   4. G's and 1-S's SavedModels copied to saved_models/paper_claims/<sweep name>/{g,oneshot} (kept in
+#      git: rerun `kerasprune analyze` on them without retraining, see experiments/results/paper_claims).
 # Resumable: rerun the same command (sweep, export and analyze all resume from their folders).
 #   experiments/paper_claims/lenet5.sh [POINT]        # default: chosen as above
 #   JOBS=2 experiments/paper_claims/lenet5.sh          # both cores for the retrainings
@@ -49,3 +51,8 @@ for seed_dir in "$rewinds"/seed_*; do
   python -m kerasprune analyze --g "$sweep/exports/g" --oneshot "$(ls -d "$sweep"/rewind_exports/seed_${seed}_*/final)" \
     --out "$out" --hessian-examples 54000 --grid 2 >> "$sweep.rewinds.log" 2>&1 || exit 1
 done
+keep=saved_models/paper_claims/$(basename "$sweep")
+for model in g oneshot; do
+  [ -f "$keep/$model/saved_model.pb" ] || { mkdir -p "$keep" && cp -r "$sweep/exports/$model" "$keep/$model"; }
+done
+du -sh "$keep"
