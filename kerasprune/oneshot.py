@@ -137,7 +137,7 @@ def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmo
             raise RuntimeError(f"masked parameters became nonzero during retraining: {broken}")
     result.update(extra or {})
     if is_chief():
-        final.save_weights(runs.run_file(run_dir, FINAL_WEIGHTS))
+        runs.save_weights(final, runs.run_file(run_dir, FINAL_WEIGHTS))
         runs.mark_finished(run_dir, "retrain", result)
     return result
 
@@ -175,7 +175,7 @@ def dense(config, run_dir, verbose="auto"):
     start = time.time()
     model, splits = build(config)
     if is_chief() and not os.path.isfile(initial):  # on resume, keep the true initial weights
-        model.save_weights(initial)
+        runs.save_weights(model, initial)
     with model.distribute_strategy.scope():
         training.compile_model(model, config.make_optimizer())
     history, _ = training.fit_and_record(model, splits, run_dir, config.epochs, verbose=verbose)
@@ -184,7 +184,7 @@ def dense(config, run_dir, verbose="auto"):
         model.load_weights(best)
     test = training.evaluate(model, splits.test)
     if is_chief():
-        model.save_weights(trained)
+        runs.save_weights(model, trained)
         runs.mark_finished(run_dir, "retrain", dict(
             test_error=1.0 - test["accuracy"], test_loss=test["loss"], epochs=len(history),
             seconds=time.time() - start, method="dense", seed=config.seed))

@@ -108,6 +108,14 @@ def atomic_path(path, suffix=""):
         raise
 
 
+def save_weights(model, path):
+    """``model.save_weights(path)`` whole (:func:`atomic_path`): a kill mid-write, or a reader such as
+    a transfer from a retraining that is finishing, never finds half a weights file at ``path``.
+    Chief-only writers use it; multi-worker saves go through ``distribute.save_weights``."""
+    with atomic_path(path, suffix=".weights.h5") as tmp:  # Keras picks the format by the suffix
+        model.save_weights(tmp)
+
+
 def write_atomic(path, data, sync=False):
     """Writes ``data`` (str or bytes) to ``path`` whole (:func:`atomic_path`). ``sync``: on disk
     (``fsync``) before the rename, so even a power cut leaves the old file or the new one."""

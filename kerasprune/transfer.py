@@ -90,11 +90,25 @@ def describe_source(path, point=None):
     if base["model"] is None:  # e.g. a transfer from a SavedModel: no registered architecture
         raise KerasPruneError(f"{config_path} names no registered model; use the run's SavedModel "
                               "(metrics.json: saved_model) as the source")
+    sweep = _sweep_of(path)
+    if sweep and runs.finished(path, "retrain") is None:  # its checkpoint is a retraining's, not a model to use
+        raise KerasPruneError(f"{path} is a retraining of the sweep {sweep} that has not finished (no "
+                              f"{runs.RESULT}): resume the sweep, or wait for it")
     if not any(os.path.isfile(os.path.join(path, f)) for f in (runs.FINAL_WEIGHTS, runs.BEST_WEIGHTS)):
         raise KerasPruneError(f"run folder {path} has no {runs.FINAL_WEIGHTS} or {runs.BEST_WEIGHTS}: "
                               "no trained model to transfer (has the run finished an epoch?)")
     found = export.run_sources(path)[0]
     return SourceInfo("run", weights=found.weights, **base)
+
+
+def _sweep_of(path):
+    """The sweep folder (the one with ``sweep_config.json``) that run folder ``path`` lies in, or None."""
+    here = os.path.abspath(path)
+    while os.path.dirname(here) != here:
+        here = os.path.dirname(here)
+        if os.path.isfile(os.path.join(here, runs.SWEEP_CONFIG)):
+            return here
+    return None
 
 
 def load_source(info):
@@ -263,8 +277,8 @@ def load_target(config):
     splits = data.DatasetSplits(
         train=data.pipeline(x, y, dspec, config.batch_size, training=True, seed=config.seed,
                             augment=dspec.augment),
-        validation=data.pipeline(arrays.x_val, arrays.y_val, dspec, config.batch_size),
-        test=data.pipeline(arrays.x_test, arrays.y_test, dspec, config.batch_size),
+        validation=data.pipeline(arrays.x_val, arrays.y_val, dspec, data.EVAL_BATCH_SIZE),
+        test=data.pipeline(arrays.x_test, arrays.y_test, dspec, data.EVAL_BATCH_SIZE),
         spec=dspec,
         train_epochs=data.EpochStream(x, y, dspec, config.batch_size, seed=config.seed, augment=dspec.augment))
     return splits, arrays, index
@@ -316,7 +330,7 @@ def psp_summary(model, arrays, config, dspec):
     if len(x) > config.psp_examples:
         index = np.sort(np.random.default_rng(config.seed).permutation(len(x))[:config.psp_examples])
         x, y = x[index], y[index]
-    stats = analysis.psp_statistics(model, data.pipeline(x, y, dspec, config.batch_size),
+    stats = analysis.psp_statistics(model, data.pipeline(x, y, dspec, data.EVAL_BATCH_SIZE),
                                     num_classes=dspec.num_classes, second_order=True,
                                     max_exact_units=config.psp_max_exact_units,
                                     pair_samples=config.psp_pair_samples, seed=config.seed)
@@ -400,7 +414,7 @@ def _run_in(config, info, out, verbose):
     }
     saved_model = training.export_saved_model(final, runs.export_path(out, config.export_dir))  # all workers
     if is_chief():
-        final.save_weights(runs.run_file(out, FINAL_WEIGHTS))
+        runs.save_weights(final, runs.run_file(out, FINAL_WEIGHTS))
         _log_summary(out, metrics)
         metrics["saved_model"] = os.path.abspath(saved_model)
         runs.mark_finished(out, "transfer", metrics)

@@ -76,6 +76,27 @@ def test_a_writer_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_pat
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["figure1.png"]
 
 
+def test_save_weights_writes_a_whole_hdf5_file_and_a_failed_save_keeps_the_old_one(tmp_path):
+    from kerasprune._keras import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = str(tmp_path / "final.weights.h5")
+    runs.save_weights(model, path)
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89HDF\r\n\x1a\n"  # HDF5 although the temporary name ends otherwise
+    before = open(path, "rb").read()
+
+    class Dies:
+        def save_weights(self, tmp):
+            with open(tmp, "wb") as f:
+                f.write(b"half")
+            raise OSError("killed mid-write")
+
+    with pytest.raises(OSError, match="killed mid-write"):
+        runs.save_weights(Dies(), path)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["final.weights.h5"]
+
+
 def test_a_folder_written_through_atomic_path_replaces_the_old_folder(tmp_path):
     path = tmp_path / "final"  # a SavedModel folder
     path.mkdir()

@@ -196,6 +196,24 @@ def test_lobster_sources_need_a_finished_point(dense_source, tmp_path):
         transfer.describe_source(dense_source, point=0)
 
 
+def test_an_unfinished_sweep_retraining_is_refused_and_a_finished_one_taken(pruned_source, tmp_path):
+    # A retraining still running has checkpoints/best.weights.h5 but no result.json: a source would
+    # silently be whatever epoch it had reached.
+    sweep = tmp_path / "sweep"
+    run = sweep / "runs" / "lottery_rewind" / "point_001" / "seed_0"
+    (run / "checkpoints").mkdir(parents=True)
+    runs.write_json(str(sweep / runs.SWEEP_CONFIG), {"model": "lenet300"})
+    runs.write_json(str(run / runs.CONFIG), runs.read_json(os.path.join(pruned_source[0], runs.CONFIG)))
+    with open(os.path.join(pruned_source[0], transfer.FINAL_WEIGHTS), "rb") as f:
+        (run / "checkpoints" / "best.weights.h5").write_bytes(f.read())
+    with pytest.raises(KerasPruneError, match=r"retraining of the sweep .*sweep that has not finished \(no result.json\)"):
+        transfer.describe_source(str(run))
+    (run / transfer.FINAL_WEIGHTS).write_bytes((run / "checkpoints" / "best.weights.h5").read_bytes())
+    runs.mark_finished(str(run), "retrain", {"test_error": 0.1})
+    info = transfer.describe_source(str(run))
+    assert (info.kind, info.weights) == ("run", os.path.join(str(run), transfer.FINAL_WEIGHTS))
+
+
 def test_replace_head_on_a_saved_model_source_is_seeded_and_shares_the_body(dense_source):
     saved = runs.read_json(os.path.join(dense_source, runs.METRICS))["saved_model"]
     info = transfer.describe_source(saved)

@@ -1,7 +1,7 @@
 """``run(LobsterConfig(...), out)``: a whole LOBSTER run in a resumable run folder."""
 import math
 
-from kerasprune import models, runs, training
+from kerasprune import data, models, runs, training
 from kerasprune._keras import keras
 from kerasprune.config import LobsterConfig  # noqa: F401  (kerasprune.lobster.LobsterConfig)
 from kerasprune.distribute import declare_strategy, get_strategy, is_chief, save_weights
@@ -40,7 +40,7 @@ def _run_in(config, out, verbose):
                               f"it cannot be extended to {config.epochs}: choose another --out")
     strategy = get_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
-    splits = config.load_data(shuffle_seed=config.seed, eval_batch_size=1000)
+    splits = config.load_data(shuffle_seed=config.seed, eval_batch_size=data.EVAL_BATCH_SIZE)
     with strategy.scope():
         model = models.build_for(config, seed=config.seed, dspec=splits.spec)
         base = config.make_optimizer()

@@ -99,5 +99,4 @@ def save_weights_atomic(model, path, weights=None):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if weights is not None:
         model.set_weights(weights)
-    with runs.atomic_path(path, suffix=".weights.h5") as tmp:  # Keras picks the format by the suffix
-        model.save_weights(tmp)
+    runs.save_weights(model, path)
