@@ -20,6 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import readme_blocks  # noqa: E402  (experiments/, this script's folder)
 from kerasprune import report, results, sweep  # noqa: E402  (no TensorFlow import)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -102,14 +103,7 @@ def main(argv=None):
                    title=f"{config.name} ({status}: {done} of {total} runs)")
     text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}); "
             "mean ± sample standard deviation over seeds (n in parentheses).")
-    readme = os.path.join(target, "README.md")
-    body = open(readme).read() if os.path.isfile(readme) else ""
-    start, end = "<!-- figure1:table -->", "<!-- /figure1:table -->"
-    if start not in body:
-        raise SystemExit(f"{readme} has no {start} ... {end} markers: add them where the table goes")
-    head, rest = body.split(start, 1)
-    with open(readme, "w") as f:
-        f.write(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    readme_blocks.write_between_markers(os.path.join(target, "README.md"), "figure1:table", text)
     print(text)
 
 

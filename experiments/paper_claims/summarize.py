@@ -30,6 +30,9 @@ import shutil
 import statistics
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # experiments/
+import readme_blocks  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "results", "paper_claims")
 PAPER_UNITS = "analysis_paper_units"  # SWEEP/<this>: kerasprune analyze in the paper's units (docs/analysis.md)
 COMPARABLE = 0.05  # C5: relative gap of first-order entropies still called comparable
@@ -182,30 +185,16 @@ def main(argv=None):
     parser.add_argument("sweeps", nargs="+", help="analysed sweep folders (one per LOBSTER seed)")
     parser.add_argument("--tag", required=True, help="marker name in README.md, e.g. lenet300")
     args = parser.parse_args(argv)
-    sweeps = sorted(args.sweeps)
+    sweeps = sorted(s for s in args.sweeps if os.path.isdir(s))  # the glob also matches the sweeps' logs
     text = table(sweeps)
     readme = os.path.join(RESULTS, "README.md")
-    body = open(readme).read() if os.path.isfile(readme) else ""
-    body = between_markers(body, "claims", args.tag, text, required=True)
+    readme_blocks.write_between_markers(readme, f"claims:{args.tag}", text)
     units = units_table(sweeps)
-    body = between_markers(body, "units", args.tag, units, required=False)
+    readme_blocks.write_between_markers(readme, f"units:{args.tag}", units, required=False)
     rewinds = [t for t in map(rewinds_table, sweeps) if t]
     if rewinds:
-        body = between_markers(body, "rewinds", args.tag, "\n\n".join(rewinds), required=False)
-    with open(readme, "w") as f:
-        f.write(body)
+        readme_blocks.write_between_markers(readme, f"rewinds:{args.tag}", "\n\n".join(rewinds), required=False)
     print(text, units, *rewinds, sep="\n\n")
-
-
-def between_markers(body, kind, tag, text, required):
-    """``body`` with ``text`` between its ``<!-- KIND:TAG -->`` and ``<!-- /KIND:TAG -->`` markers."""
-    start, end = f"<!-- {kind}:{tag} -->", f"<!-- /{kind}:{tag} -->"
-    if start not in body:
-        if required:
-            raise SystemExit(f"README.md has no {start} ... {end} markers: add them where the table goes")
-        return body
-    head, rest = body.split(start, 1)
-    return f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,280 @@
+"""experiments/transfer (issue 19's study driver and summary): the pure logic, no TensorFlow, no training."""
+import json
+import os
+import statistics
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments", "transfer"))
+
+import study  # noqa: E402
+import summarize  # noqa: E402
+
+STUDY_TOML = """
+out = "runs/transfer"
+
+[[directions]]
+name = "a_to_b"
+source_dataset = "mnist"
+target = "fashion_mnist"
+
+[[regimes]]
+name = "lin"
+args = ["--probe", "linear", "--epochs", "1"]
+seeds = [0]
+
+[[regimes]]
+name = "few"
+args = ["--probe", "linear", "--shots", "10"]
+seeds = [0, 1, 2]
+
+[[sources]]
+name = "m/dense/p0"
+direction = "a_to_b"
+level = "dense"
+kind = "dense"
+path = "runs/lob"
+point = 0
+
+[[sources]]
+name = "m/g/p5"
+direction = "a_to_b"
+level = "90%"
+kind = "g"
+path = "runs/lob"
+point = 5
+
+[[sources]]
+name = "m/oneshot/p5"
+direction = "a_to_b"
+level = "90%"
+kind = "oneshot"
+path = "runs/sweep/runs/lottery_rewind/point_005/seed_0"
+
+[[sources]]
+name = "m/reinit/p5"
+direction = "a_to_b"
+level = "90%"
+kind = "reinit"
+path = "runs/sweep/runs/random_reinit/point_005/seed_0"
+
+[[sources]]
+name = "m/g/p{g_point}"
+direction = "a_to_b"
+level = "highest"
+kind = "g"
+exports = "runs/claims_p*/exports.json"
+path = "{g_run}"
+point = "{g_point}"
+
+[[sources]]
+name = "m/oneshot/p{g_point}"
+direction = "a_to_b"
+level = "highest"
+kind = "oneshot"
+exports = "runs/claims_p*/exports.json"
+path = "{oneshot_run}"
+
+[[sources]]
+name = "m/reinit/p{g_point}"
+direction = "a_to_b"
+level = "highest"
+kind = "reinit"
+exports = "runs/claims_p*/exports.json"
+path = "{sweep}/runs/random_reinit/point_{g_point:03d}/seed_0"
+"""
+POINTS_HEADER = "point,pruned_params_pct,test_error,weights\n"
+MNIST_RUN = json.dumps({"model": "lenet5", "dataset": "mnist"})
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A fake repository: the study TOML, a LOBSTER run whose points 0 and 5 are finished (6 is still
+    running), a finished rewind and an unfinished re-init at point 5; no paper-claims sweep yet."""
+    (tmp_path / "study.toml").write_text(STUDY_TOML)
+    lob = tmp_path / "runs" / "lob"
+    lob.mkdir(parents=True)
+    (lob / "config.json").write_text(MNIST_RUN)
+    (lob / "operating_points.csv").write_text(POINTS_HEADER + "0,0.0,0.01,points/point_000.weights.h5\n"
+                                              "5,90.0,0.01,points/point_005.weights.h5\n"
+                                              "6,91.0,,points/point_006.weights.h5\n")
+    rewind = tmp_path / "runs" / "sweep" / "runs" / "lottery_rewind" / "point_005" / "seed_0"
+    rewind.mkdir(parents=True)
+    (rewind / "final.weights.h5").write_text("")
+    (rewind / "result.json").write_text("{}")
+    (rewind / "config.json").write_text(MNIST_RUN)
+    reinit = tmp_path / "runs" / "sweep" / "runs" / "random_reinit" / "point_005" / "seed_0"
+    reinit.mkdir(parents=True)
+    (reinit / "config.json").write_text(MNIST_RUN)  # running: config.json and checkpoints, no final weights
+    return tmp_path
+
+
+def cells_of(root):
+    config = study.load_study(str(root / "study.toml"))
+    return config, study.enumerate_cells(config, study.resolve_sources(config, root=str(root)))
+
+
+def test_cells_are_sources_times_regimes_times_seeds(tree):
+    config, cells = cells_of(tree)
+    assert len(cells) == 7 * (1 + 3)
+    assert len({c.out for c in cells}) == len(cells)
+    first = cells[0]
+    assert first.id == "a_to_b/m/dense/p0/lin/seed_0"
+    assert first.out == os.path.join("runs/transfer", first.id)
+    cmd = first.command("python")
+    assert cmd[:4] == ["python", "-m", "kerasprune", "transfer"]
+    assert cmd[cmd.index("--source") + 1] == "runs/lob" and cmd[cmd.index("--point") + 1] == "0"
+    assert cmd[cmd.index("--dataset") + 1] == "fashion_mnist" and cmd[cmd.index("--out") + 1] == first.out
+    few = [c for c in cells if c.regime == "few" and c.source.name == "m/oneshot/p5"]
+    assert [c.seed for c in few] == [0, 1, 2]
+    assert "--point" not in few[0].command() and few[0].command()[-2:] == ["--out", few[0].out]
+    assert few[2].command()[few[2].command().index("--seed") + 1] == "2"
+
+
+def test_missing_sources_are_skipped_with_a_reason(tree):
+    _, cells = cells_of(tree)
+    skipped = {c.source.name: c.source.skip for c in cells if c.source.skip}
+    assert set(skipped) == {"m/reinit/p5", "m/g/pP", "m/oneshot/pP", "m/reinit/pP"}
+    assert "final.weights.h5" in skipped["m/reinit/p5"]
+    assert "exports.json" in skipped["m/g/pP"]
+    lines = study.skip_lines(cells)
+    assert len(lines) == 4 and all(line.startswith("skip ") and "(4 cells)" in line for line in lines)
+    assert "\n" not in "".join(lines)
+
+
+def test_unfinished_lobster_point_and_missing_folder(tree):
+    assert study.readiness("runs/lob", 5, root=str(tree)) is None
+    assert "not finished" in study.readiness("runs/lob", 6, root=str(tree))
+    assert "not finished" in study.readiness("runs/lob", 7, root=str(tree))
+    assert "does not exist" in study.readiness("runs/nowhere", None, root=str(tree))
+    assert study.readiness("runs/lob", 5, root=str(tree), dataset="mnist") is None
+    assert "trained on mnist, not fashion_mnist" in study.readiness("runs/lob", 5, root=str(tree),
+                                                                   dataset="fashion_mnist")
+    (tree / "runs" / "bare").mkdir()
+    assert "no config.json" in study.readiness("runs/bare", None, root=str(tree))
+    (tree / "runs" / "bare" / "config.json").write_text(MNIST_RUN)
+    (tree / "runs" / "bare" / "final.weights.h5").write_text("")
+    assert "no result.json" in study.readiness("runs/bare", None, root=str(tree))
+
+
+def test_a_damaged_exports_json_is_as_if_missing(tree, capsys):
+    (tree / "runs" / "claims_p40").mkdir()
+    (tree / "runs" / "claims_p40" / "exports.json").write_text('{"g_point": 4')
+    _, cells = cells_of(tree)
+    assert {c.source.name for c in cells if c.source.skip} == {"m/reinit/p5", "m/g/pP", "m/oneshot/pP", "m/reinit/pP"}
+    assert "ignoring" in capsys.readouterr().out
+
+
+def test_exports_fill_the_highest_level(tree):
+    sweep = tree / "runs" / "claims_p40"
+    (sweep / "runs" / "lottery_rewind" / "point_040" / "seed_3").mkdir(parents=True)
+    (sweep / "runs" / "lottery_rewind" / "point_040" / "seed_3" / "final.weights.h5").write_text("")
+    (sweep / "runs" / "lottery_rewind" / "point_040" / "seed_3" / "config.json").write_text(MNIST_RUN)
+    (sweep / "runs" / "lottery_rewind" / "point_040" / "seed_3" / "result.json").write_text("{}")
+    (sweep / "exports.json").write_text(json.dumps({
+        "g_point": 40, "g_source": "runs/lob/points/point_040.weights.h5",
+        "oneshot_source": "runs/claims_p40/runs/lottery_rewind/point_040/seed_3/final.weights.h5"}))
+    _, cells = cells_of(tree)
+    sources = {c.source.name: c.source for c in cells}
+    assert sources["m/g/p40"].path == "runs/lob" and sources["m/g/p40"].point == 40
+    assert "not finished" in sources["m/g/p40"].skip  # LOBSTER has not reached point 40
+    assert sources["m/oneshot/p40"].path == "runs/claims_p40/runs/lottery_rewind/point_040/seed_3"
+    assert sources["m/oneshot/p40"].skip is None and sources["m/oneshot/p40"].point is None
+    assert sources["m/reinit/p40"].path == "runs/claims_p40/runs/random_reinit/point_040/seed_0"
+    assert "does not exist" in sources["m/reinit/p40"].skip
+
+
+def test_finished_cells_and_only(tree):
+    _, cells = cells_of(tree)
+    cell = cells[0]
+    assert not study.is_finished(cell, root=str(tree))
+    os.makedirs(tree / cell.out)
+    assert not study.is_finished(cell, root=str(tree))  # a started run: config.json, no metrics.json
+    (tree / cell.out / "metrics.json").write_text("{}")
+    assert study.is_finished(cell, root=str(tree))
+    assert [c.id for c in study.select(cells, ["m/g/p5/few/seed_1"])] == ["a_to_b/m/g/p5/few/seed_1"]
+    assert len(study.select(cells, ["/lin/", "m/dense"])) == 7 + 3
+    assert study.select(cells, []) == cells
+
+
+def test_env_defaults_do_not_override():
+    env = study.env_for_cells({"KERASPRUNE_THREADS": "2", "PATH": "/bin"})
+    assert env["KERASPRUNE_THREADS"] == "2" and env["KERASPRUNE_DATA_DIR"] == "/work/shared/datasets"
+
+
+def fake_cell(runs_dir, cell, accuracy, h1=2.5, h2=5.0, pruned=90.0):
+    folder = runs_dir / cell.out.removeprefix("runs/transfer/")
+    folder.mkdir(parents=True)
+    (folder / "cell.json").write_text(json.dumps(cell.description()))
+    (folder / "metrics.json").write_text(json.dumps({
+        "test_accuracy": accuracy, "psp_entropy_1": h1, "psp_entropy_2": h2, "source_pruned_params_pct": pruned,
+        "train_examples": 100, "epochs_completed": 20}))
+
+
+def test_summary_table_of_fake_results(tree):
+    config, cells = cells_of(tree)
+    runs_dir = tree / "runs" / "transfer"
+    pick = {(c.source.name, c.regime, c.seed): c for c in cells}
+    few_g = [0.80, 0.83, 0.77]
+    for seed, acc in enumerate(few_g):
+        fake_cell(runs_dir, pick[("m/g/p5", "few", seed)], acc)
+    fake_cell(runs_dir, pick[("m/g/p5", "lin", 0)], 0.9)
+    fake_cell(runs_dir, pick[("m/dense/p0", "few", 1)], 0.7, pruned=0.0)
+    fake_cell(runs_dir, pick[("m/dense/p0", "few", 2)], 0.6, pruned=0.0)
+    rows = summarize.read_rows(str(runs_dir))
+    assert len(rows) == 6
+    assert {r["kind"] for r in rows} == {"g", "dense"} and {r["level"] for r in rows} == {"dense", "90%"}
+    text = summarize.table(rows, config)
+    lines = text.splitlines()
+    assert lines[0].split(" | ")[-2:] == ["lin", "few |"]  # columns: the study's regimes, in order
+    dense, g = lines[2], lines[3]  # rows: by level (dense before 90%)
+    assert "m/dense/p0" in dense and "m/g/p5" in g
+    mean = sum(100 * a for a in few_g) / 3
+    std = (sum((100 * a - mean) ** 2 for a in few_g) / 2) ** 0.5
+    assert f"{mean:.2f} ± {std:.2f} (3)" in g and g.split(" | ")[-1] == f"{mean:.2f} ± {std:.2f} (3) |"
+    assert "90.00 (1)" in g and "| 90.00 |" in g  # one seed; and the source's % pruned
+    d_mean = 65.0
+    d_std = statistics.stdev([70.0, 60.0])
+    assert f"{d_mean:.2f} ± {d_std:.2f} (2)" in dense and "| - |" in dense  # no lin cell for dense
+
+
+def test_summarize_writes_csv_readme_and_figure(tree, tmp_path):
+    config, cells = cells_of(tree)
+    runs_dir = tree / "runs" / "transfer"
+    fake_cell(runs_dir, cells[0], 0.75, pruned=0.0)
+    fake_cell(runs_dir, cells[5], 0.85)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "README.md").write_text("intro\n<!-- table:transfer -->\nold\n<!-- /table:transfer -->\nend\n")
+    assert summarize.main(["--runs", str(runs_dir), "--study", str(tree / "study.toml"),
+                           "--results", str(results)]) == 0
+    body = (results / "README.md").read_text()
+    assert body.startswith("intro\n<!-- table:transfer -->\n| direction") and body.endswith("-->\nend\n")
+    assert "old" not in body and "Status: 2 of the 28 cells" in body
+    csv_lines = (results / "results.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == list(summarize.COLUMNS) and len(csv_lines) == 3
+    assert (results / "entropy_vs_accuracy.png").stat().st_size > 0
+
+
+def test_summarize_with_zero_results(tree, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "README.md").write_text("<!-- table:transfer -->\n<!-- /table:transfer -->\n")
+    assert summarize.main(["--runs", str(tree / "runs" / "transfer"), "--study", str(tree / "study.toml"),
+                           "--results", str(results)]) == 0
+    assert "no finished cells" in capsys.readouterr().out
+    assert "No finished cells yet" in (results / "README.md").read_text()
+    assert not (results / "entropy_vs_accuracy.png").exists()
+    assert (results / "results.csv").read_text().splitlines() == [",".join(summarize.COLUMNS)]
+    assert summarize.table([]) == "No finished cells yet: nothing measured."
+
+
+def test_the_real_study_toml_loads():
+    config = study.load_study()
+    assert {d["name"] for d in config["directions"]} == {"mnist_to_fashion_mnist", "fashion_mnist_to_mnist"}
+    assert len(config["sources"]) == 22
+    few = [r for r in config["regimes"] if "--shots" in r["args"]]
+    assert len(few) == 2 and all(len(r["seeds"]) >= 5 for r in few)
+    assert all("--select" not in r["args"] for r in config["regimes"])
