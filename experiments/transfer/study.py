@@ -149,10 +149,9 @@ def exports_fields(pattern, root=ROOT):
 
 def readiness(path, point, root=ROOT, dataset=None):
     """Why the source at ``path`` (``point``: a LOBSTER operating point) cannot be transferred yet, in a
-    few words; None if it can. A LOBSTER point must be finished (`kerasprune transfer` refuses it
-    otherwise); a retraining run folder must have its final weights (the command would take a
-    still-running retraining's best checkpoint instead) and its ``result.json``, the sweep's mark of a
-    finished retraining. With ``dataset``, the run's config.json must
+    few words; None if it can. A LOBSTER point must be finished and a retraining run folder must have
+    its final weights and its ``result.json``, the sweep's mark of a finished retraining
+    (`kerasprune transfer` refuses both otherwise; this says it in one line, without TensorFlow). With ``dataset``, the run's config.json must
     name it (the direction's source dataset: a wrong path in study.toml is caught here)."""
     folder = os.path.join(root, path)
     if not os.path.isdir(folder):
@@ -163,8 +162,8 @@ def readiness(path, point, root=ROOT, dataset=None):
     if point is None:
         if not os.path.isfile(os.path.join(folder, FINAL_WEIGHTS)):
             return f"{path} has no {FINAL_WEIGHTS} yet"
-        if not os.path.isfile(os.path.join(folder, RESULT)):  # written right after the weights, in place
-            return f"{path} has no {RESULT} yet (its {FINAL_WEIGHTS} may be half written)"
+        if not os.path.isfile(os.path.join(folder, RESULT)):  # the retraining's finished mark, written last
+            return f"{path} has no {RESULT} yet (the retraining has not finished)"
     else:
         table = os.path.join(folder, POINTS_CSV)
         if not os.path.isfile(table):
