@@ -8,9 +8,15 @@ measured when its level ends). Pruned weights are exact zeros, so xz shrinks the
 lays it out again, after which the run's own command resumes it. A running run is paused
 (SIGSTOP) while it is packed, so the archive holds one consistent epoch.
 
+A sweep folder (``sweep_config.json``) packs whole, every retraining in it; a finished retraining
+(``result.json``) keeps its model (``final.weights.h5``), config, history and result but not its
+resume state (``backup/``, ``checkpoints/``), which is most of its size and no longer needed.
+Unpacking compares a sweep by the rows of its ``results.csv``, a run by its epochs.
+
 usage:
   python experiments/carry.py pack runs/lobster_lenet5_mnist_reference [--points 0,64,last]
   python experiments/carry.py unpack experiments/carry/lobster_lenet5_mnist_reference.tar.xz runs/
+  python experiments/carry.py pack runs/lenet5_budget          # a sweep folder and its retrainings
   python experiments/carry.py unpack-all runs/      # every archive whose run folder is missing or older
 """
 import argparse
@@ -29,6 +35,8 @@ from kerasprune import runs  # noqa: E402  (no TensorFlow import)
 
 CARRY = os.path.join(HERE, "carry")
 SKIP = (runs.POINTS_DIR, "saved_models")  # points are chosen one by one; exports are rebuilt by `export`
+DONE_SKIP = (runs.BACKUP, runs.CHECKPOINTS)  # a finished retraining's resume state: its model is final.weights.h5
+ROOT_FILES = (runs.CONFIG, runs.SWEEP_CONFIG)  # what marks the carried folder at the archive's top
 
 
 def main(argv=None):
@@ -47,7 +55,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "pack":
         path = pack(args.run_dir, args.points, args.out)
-        print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB, {epochs_in(args.run_dir)} epochs")
+        print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB, {progress_text(args.run_dir)}")
     elif args.command == "unpack":
         print(unpack(args.archive, args.parent))
     else:
@@ -67,6 +75,8 @@ def pack(run_dir, points="last", out=None):
             rel = os.path.relpath(root, run_dir)
             if rel == ".":
                 dirs[:] = [d for d in dirs if d not in SKIP]
+            if runs.RESULT in files:  # a finished retraining (of a sweep): its model, not its resume state
+                dirs[:] = [d for d in dirs if d not in DONE_SKIP]
             for f in files:
                 if f.endswith(".tmp") or ".tmp." in f:
                     continue
@@ -88,33 +98,45 @@ def _name_under_runs(run_dir):
 def unpack(archive, parent):
     """Restores ``archive`` under ``parent`` unless a run folder there has as many epochs or more."""
     with tarfile.open(archive, "r:xz") as tar:
-        # The run folder: the shortest path holding a config.json (its tensorboard/ etc. are deeper).
+        # The carried folder: the shortest path holding a config.json or sweep_config.json (its
+        # tensorboard/, a sweep's retrainings etc. are deeper).
         name = min((m.name.rsplit("/", 1)[0] for m in tar.getmembers()
-                    if m.name.rsplit("/", 1)[-1] == runs.CONFIG), key=len)
+                    if m.name.rsplit("/", 1)[-1] in ROOT_FILES), key=len)
         target = os.path.join(parent, name)
-        history = next((m for m in tar.getmembers() if m.name == f"{name}/{runs.HISTORY}"), None)
-        carried = _count_epochs(tar.extractfile(history).read().decode()) if history else 0
-        there = epochs_in(target)
+        sweep = any(m.name == f"{name}/{runs.SWEEP_CONFIG}" for m in tar.getmembers())
+        counted = runs.RESULTS if sweep else runs.HISTORY
+        member = next((m for m in tar.getmembers() if m.name == f"{name}/{counted}"), None)
+        carried = _count(tar.extractfile(member).read().decode(), sweep) if member else 0
+        there = progress_in(target)
+        unit = "results.csv rows" if sweep else "epochs"
         if there >= carried and os.path.isdir(target):
-            return f"{target}: kept ({there} epochs there, {carried} in the archive)"
+            return f"{target}: kept ({there} {unit} there, {carried} in the archive)"
         if os.path.isdir(target):
-            raise SystemExit(f"{target} exists with {there} epochs, fewer than the archive's {carried}: "
+            raise SystemExit(f"{target} exists with {there} {unit}, fewer than the archive's {carried}: "
                              "move it away first, then unpack again")
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         tar.extractall(parent, filter="data")
-    return f"{target}: restored ({carried} epochs); rerun its command to resume"
+    return f"{target}: restored ({carried} {unit}); rerun its command to resume"
 
 
-def epochs_in(run_dir):
-    path = os.path.join(run_dir, runs.HISTORY)
+def progress_in(folder):
+    """A run folder's epochs, or the rows of a sweep folder's results.csv."""
+    sweep = os.path.isfile(os.path.join(folder, runs.SWEEP_CONFIG))
+    path = os.path.join(folder, runs.RESULTS if sweep else runs.HISTORY)
     if not os.path.isfile(path):
         return 0
     with open(path) as f:
-        return _count_epochs(f.read())
+        return _count(f.read(), sweep)
 
 
-def _count_epochs(text):
-    return len({row.get("epoch") for row in csv.DictReader(io.StringIO(text))})
+def progress_text(folder):
+    unit = "results.csv rows" if os.path.isfile(os.path.join(folder, runs.SWEEP_CONFIG)) else "epochs"
+    return f"{progress_in(folder)} {unit}"
+
+
+def _count(text, sweep=False):
+    rows = list(csv.DictReader(io.StringIO(text)))
+    return len(rows) if sweep else len({row.get("epoch") for row in rows})
 
 
 def _chosen_points(run_dir, spec):
