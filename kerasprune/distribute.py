@@ -218,18 +218,6 @@ def chief_path(path, keep=True):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def save_weights(model, path, keep_existing=False):
-    """``model.save_weights(path)`` called on every worker, kept only by the chief.
-
-    Under ``multiworker`` a save runs collective ops (reading BatchNorm's sync-on-read moving
-    statistics all-reduces them), so a chief-only save leaves the other workers' collectives out of
-    step ("Collective instance ... expected type"). With ``keep_existing`` an existing file is left
-    as it is (e.g. the true initial weights of a resumed run) while every worker still saves.
-    """
-    with chief_path(path, keep=not (keep_existing and os.path.isfile(path))) as where:
-        model.save_weights(where)
-
-
 def num_replicas(strategy=None):
     """Replicas in sync of ``strategy`` (default: the current one) across all workers."""
     if strategy is None:

@@ -22,7 +22,7 @@ import os
 import shutil
 import socket
 
-from kerasprune.distribute import is_chief
+from kerasprune.distribute import chief_path, is_chief
 from kerasprune.errors import KerasPruneError
 
 # ---------------------------------------------------------------------------------------------
@@ -108,12 +108,23 @@ def atomic_path(path, suffix=""):
         raise
 
 
-def save_weights(model, path):
+def save_weights(model, path, keep_existing=False):
     """``model.save_weights(path)`` whole (:func:`atomic_path`): a kill mid-write, or a reader such as
     a transfer from a retraining that is finishing, never finds half a weights file at ``path``.
-    Chief-only writers use it; multi-worker saves go through ``distribute.save_weights``."""
-    with atomic_path(path, suffix=".weights.h5") as tmp:  # Keras picks the format by the suffix
-        model.save_weights(tmp)
+
+    In a multi-worker run call it on every worker: a save runs collective ops (reading BatchNorm's
+    sync-on-read moving statistics all-reduces them), so a chief-only save leaves the other workers'
+    collectives out of step ("Collective instance ... expected type"). Only the chief's file is kept
+    (:func:`~kerasprune.distribute.chief_path`); chief-only callers (``if is_chief():``) may use it too.
+    With ``keep_existing`` an existing file is left as it is (e.g. the true initial weights of a
+    resumed run) while every worker still saves.
+    """
+    with chief_path(path, keep=not (keep_existing and os.path.isfile(path))) as where:
+        if where != path:  # a scratch copy, deleted on exit
+            model.save_weights(where)
+            return
+        with atomic_path(path, suffix=".weights.h5") as tmp:  # Keras picks the format by the suffix
+            model.save_weights(tmp)
 
 
 def write_atomic(path, data, sync=False):

@@ -17,7 +17,7 @@ import time
 
 from kerasprune import models, runs
 from kerasprune._keras import keras, tf
-from kerasprune.distribute import chief_path, declare_strategy, get_strategy, is_chief, save_weights
+from kerasprune.distribute import chief_path, declare_strategy, get_strategy, is_chief
 from kerasprune.errors import KerasPruneError
 # Older homes of these names, still used by scripts, tests and docs (README: training.make_optimizer).
 from kerasprune.config import TrainConfig  # noqa: F401
@@ -272,8 +272,8 @@ def _train_in(config, out, verbose):
     with strategy.scope():
         model = models.build_for(config, seed=config.seed, dspec=splits.spec)
         compile_model(model, config.make_optimizer())
-    # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
-    save_weights(model, runs.run_file(out, runs.INITIAL_WEIGHTS), keep_existing=True)
+    # Every worker saves (see runs.save_weights); on resume the true initial weights stay.
+    runs.save_weights(model, runs.run_file(out, runs.INITIAL_WEIGHTS), keep_existing=True)
     history, seconds = fit_and_record(model, splits, out, config.epochs, verbose=verbose)
     test = evaluate(model, splits.test)
     metrics = {

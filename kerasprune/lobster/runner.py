@@ -4,7 +4,7 @@ import math
 from kerasprune import data, models, runs, training
 from kerasprune._keras import keras
 from kerasprune.config import LobsterConfig  # noqa: F401  (kerasprune.lobster.LobsterConfig)
-from kerasprune.distribute import declare_strategy, get_strategy, is_chief, save_weights
+from kerasprune.distribute import declare_strategy, get_strategy, is_chief
 from kerasprune.errors import KerasPruneError
 from kerasprune.lobster.callback import LobsterPruning
 from kerasprune.lobster.optimizer import Lobster
@@ -45,8 +45,8 @@ def _run_in(config, out, verbose):
         model = models.build_for(config, seed=config.seed, dspec=splits.spec)
         base = config.make_optimizer()
         training.compile_model(model, Lobster(base, lmbda=config.lmbda, kinds=config.kinds))
-    # Every worker saves (see distribute.save_weights); on resume the true initial weights stay.
-    save_weights(model, runs.run_file(out, runs.INITIAL_WEIGHTS), keep_existing=True)
+    # Every worker saves (see runs.save_weights); on resume the true initial weights stay.
+    runs.save_weights(model, runs.run_file(out, runs.INITIAL_WEIGHTS), keep_existing=True)
     pruning = LobsterPruning(splits.validation, splits.test, pwe=config.pwe, twt=config.twt,
                              good_margin=config.good_margin, tolerance=config.tolerance,
                              kinds=config.kinds, run_dir=out, threshold_search=config.threshold_search,
