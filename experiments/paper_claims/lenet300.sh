@@ -4,7 +4,8 @@
 # Frankle & Carbin rewinds of G's mask (sweep seeds 0-2, the best by validation is exported), with
 # Liu et al. re-inits beside them; then `kerasprune analyze` of G against 1-S with the Hessian on
 # the whole training split (54,000 images); then the same analysis in the paper's units (per-batch
-# training loss, PSP L2 summed over units: docs/analysis.md), reusing the Hessian's cached parts.
+# training loss, PSP L2 summed over units: docs/analysis.md), reusing the Hessian's cached parts;
+# then G against every rewind (experiments/paper_claims/every_rewind.sh).
 # Skips seeds whose LOBSTER run has not reached 98% yet.
 # Resumable: rerun the same command (sweep and analyze both resume from their folders).
 #   experiments/paper_claims/lenet300.sh [seeds...]      # default: 0 1 2
@@ -34,4 +35,5 @@ PY
   [ -d "$units/parts" ] || { mkdir -p "$units" && cp -r "$sweep/analysis/parts" "$units/"; }
   python -m kerasprune analyze --sweep "$sweep" --out "$units" --hessian-examples 54000 \
     --train-loss per-batch --psp-l2 sum-units >> "$sweep.paper_units.log" 2>&1 || exit 1
+  experiments/paper_claims/every_rewind.sh "$sweep" || exit 1
 done

@@ -41,16 +41,7 @@ units=$sweep/analysis_paper_units
 [ -d "$units/parts" ] || { mkdir -p "$units" && cp -r "$sweep/analysis/parts" "$units/"; }
 python -m kerasprune analyze --sweep "$sweep" --out "$units" --hessian-examples 54000 \
   --train-loss per-batch --psp-l2 sum-units >> "$sweep.paper_units.log" 2>&1 || exit 1
-rewinds=$sweep/runs/lottery_rewind/point_$(printf %03d "$point")
-python -m kerasprune export "$rewinds" --recursive --no-compact --no-eval \
-  --export-dir "$sweep/rewind_exports" >> "$sweep.rewinds.log" 2>&1 || exit 1
-for seed_dir in "$rewinds"/seed_*; do
-  seed=${seed_dir##*_}
-  out=$sweep/rewinds/seed_$seed
-  [ -d "$out/parts" ] || { mkdir -p "$out/parts" && cp "$sweep/analysis/parts/hessian_g.json" "$out/parts/"; }
-  python -m kerasprune analyze --g "$sweep/exports/g" --oneshot "$(ls -d "$sweep"/rewind_exports/seed_${seed}_*/final)" \
-    --out "$out" --hessian-examples 54000 --grid 2 >> "$sweep.rewinds.log" 2>&1 || exit 1
-done
+experiments/paper_claims/every_rewind.sh "$sweep" || exit 1
 keep=saved_models/paper_claims/$(basename "$sweep")
 for model in g oneshot; do
   [ -f "$keep/$model/saved_model.pb" ] || { mkdir -p "$keep" && cp -r "$sweep/exports/$model" "$keep/$model"; }
