@@ -168,7 +168,7 @@ def rewinds_table(sweep):
     for name in analyses:
         shutil.copy2(os.path.join(root, name, "analysis.json"), os.path.join(target, f"{name}.json"))
     first = next(iter(analyses.values()))
-    lines = ["| claim | G | " + " | ".join(f"rewind {n.replace('_', ' ')}" for n in analyses)
+    lines = [f"`{os.path.basename(os.path.normpath(sweep))}`:", "", "| claim | G | " + " | ".join(f"rewind {n.replace('_', ' ')}" for n in analyses)
              + " | rewinds: mean ± std | G on the paper's side of |",
              "|---|---|" + "---|" * len(analyses) + "---|---|"]
     for claim, (what, value, direction) in CLAIMS.items():
