@@ -13,7 +13,8 @@ point=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['g_point
 rewinds=$sweep/runs/lottery_rewind/point_$(printf %03d "$point")
 python -m kerasprune export "$rewinds" --recursive --no-compact --no-eval \
   --export-dir "$sweep/rewind_exports" >> "$sweep.rewinds.log" 2>&1 || exit 1
-for seed_dir in "$rewinds"/seed_*; do
+for seed_dir in "$rewinds"/seed_*/; do  # folders only: the sweep keeps seed_S.lock files beside them
+  seed_dir=${seed_dir%/}
   seed=${seed_dir##*_}
   out=$sweep/rewinds/seed_$seed
   [ -d "$out/parts" ] || { mkdir -p "$out/parts" && cp "$sweep/analysis/parts/hessian_g.json" "$out/parts/"; }
