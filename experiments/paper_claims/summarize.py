@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -154,7 +155,8 @@ def rewinds_table(sweep):
     ``experiments/paper_claims/lenet5.sh`` writes them), or None when there are none: the spread over
     the one-shot seeds that one LOBSTER seed leaves."""
     root = os.path.join(sweep, "rewinds")
-    seeds = sorted(os.listdir(root), key=lambda n: int(n.rsplit("_", 1)[1])) if os.path.isdir(root) else []
+    names = os.listdir(root) if os.path.isdir(root) else []
+    seeds = sorted((n for n in names if re.fullmatch(r"seed_\d+", n)), key=lambda n: int(n[5:]))
     analyses = {}
     for name in seeds:
         path = os.path.join(root, name, "analysis.json")
