@@ -4,7 +4,8 @@ Reads every ``runs/<method>/point_XXX/seed_S/history.csv`` of a sweep run long (
 ``experiments/lenet300_mnist_budget.toml``, 100 epochs), and writes beside ``--out``:
 ``budget.csv`` (per run: the epoch of the best validation loss, which the sweep's checkpoint keeps,
 the validation error there, and the best validation error within the first 20 / 30 / 50 epochs and
-overall) and ``budget.png`` (validation error against epoch, one curve per run).
+overall) and ``budget.png`` (validation error against epoch, one curve per run). If ``--out`` holds
+a README.md with ``<!-- budget:table -->`` markers, the table goes between them.
 
   python experiments/retraining_budget.py runs/lenet300_budget --out experiments/results/lenet300_mnist/budget
 """
@@ -12,11 +13,15 @@ import argparse
 import csv
 import glob
 import os
+import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import readme_blocks  # noqa: E402  (experiments/)
 
 CUTS = (20, 30, 50)
 
@@ -68,7 +73,21 @@ def main(argv=None):
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "budget.png"), dpi=110)
+    readme = os.path.join(args.out, "README.md")
+    if os.path.isfile(readme):
+        readme_blocks.write_between_markers(readme, "budget:table", table(runs), required=False)
     print(open(os.path.join(args.out, "budget.csv")).read())
+
+
+def table(runs):
+    """The README's table: what the sweep keeps, and the best validation error within each cut."""
+    lines = ["| method | point | epochs run | kept checkpoint (epoch of best val loss) | its val error % | "
+             "best val error % in " + " / ".join(map(str, CUTS)) + " / all epochs |", "|---|---|---|---|---|---|"]
+    for (method, point, seed), (err, loss) in runs.items():
+        at = kept_epoch(loss)
+        best = " / ".join(f"{min(err[:n]):.2f}" for n in CUTS)
+        lines.append(f"| {method} | {point} | {len(err)} | {at + 1} | {err[at]:.2f} | {best} / {min(err):.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
