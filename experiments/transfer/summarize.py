@@ -69,6 +69,23 @@ def read_rows(runs_dir=RUNS):
     return rows
 
 
+def with_committed(rows, path):
+    """``rows`` plus the rows of the committed ``results.csv`` whose cells are not among them: a fresh
+    machine without the run folders of earlier sessions keeps their results instead of dropping them."""
+    if not os.path.isfile(path):
+        return rows
+    key = lambda r: (r["direction"], r["source"], r["regime"], int(r["seed"]))  # noqa: E731
+    have = {key(r) for r in rows}
+    with open(path, newline="") as f:
+        kept = [r for r in csv.DictReader(f) if key(r) not in have]
+    numbers = ("source_pruned_params_pct", "test_accuracy", "psp_entropy_1", "psp_entropy_2")
+    for r in kept:  # back to the types read_rows gives
+        r.update({k: float(r[k]) for k in numbers if r.get(k) not in (None, "")},
+                 seed=int(r["seed"]), **{k: int(r[k]) for k in ("train_examples", "epochs_completed")
+                                         if r.get(k) not in (None, "")})
+    return sorted(rows + kept, key=key)
+
+
 def write_csv(rows, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -194,6 +211,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = study.load_study(args.study)
     rows = read_rows(args.runs) if os.path.isdir(args.runs) else []
+    rows = with_committed(rows, os.path.join(args.results, "results.csv"))
     write_csv(rows, os.path.join(args.results, "results.csv"))
     total = len(config["sources"]) * sum(len(r["seeds"]) for r in config["regimes"])
     text = (f"{table(rows, config)}\n\nStatus: {len(rows)} of the {total} cells of `experiments/transfer/study.toml` "
