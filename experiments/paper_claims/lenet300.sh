@@ -29,11 +29,5 @@ PY
   python -m kerasprune sweep experiments/lenet300_mnist_g_vs_1s.toml --out "$sweep" \
     --lobster-dir "$lobster" --points "$point" --seeds 0 1 2 \
     --methods lottery_rewind random_reinit --jobs 1 >> "$sweep.sweep.log" 2>&1 || exit 1
-  python -m kerasprune analyze --sweep "$sweep" --out "$sweep/analysis" \
-    --hessian-examples 54000 >> "$sweep.analyze.log" 2>&1 || exit 1
-  units=$sweep/analysis_paper_units
-  [ -d "$units/parts" ] || { mkdir -p "$units" && cp -r "$sweep/analysis/parts" "$units/"; }
-  python -m kerasprune analyze --sweep "$sweep" --out "$units" --hessian-examples 54000 \
-    --train-loss per-batch --psp-l2 sum-units >> "$sweep.paper_units.log" 2>&1 || exit 1
-  experiments/paper_claims/every_rewind.sh "$sweep" || exit 1
+  experiments/paper_claims/analyse.sh "$sweep" || exit 1
 done

@@ -35,13 +35,7 @@ echo "G = point $point of $lobster"
 sweep=runs/paper_claims/lenet5_ref_seed0_p$point
 python -m kerasprune sweep experiments/lenet5_mnist_paper_claims.toml --out "$sweep" \
   --lobster-dir "$lobster" --points "$point" --jobs "${JOBS:-1}" >> "$sweep.sweep.log" 2>&1 || exit 1
-python -m kerasprune analyze --sweep "$sweep" --out "$sweep/analysis" \
-  --hessian-examples 54000 >> "$sweep.analyze.log" 2>&1 || exit 1
-units=$sweep/analysis_paper_units
-[ -d "$units/parts" ] || { mkdir -p "$units" && cp -r "$sweep/analysis/parts" "$units/"; }
-python -m kerasprune analyze --sweep "$sweep" --out "$units" --hessian-examples 54000 \
-  --train-loss per-batch --psp-l2 sum-units >> "$sweep.paper_units.log" 2>&1 || exit 1
-experiments/paper_claims/every_rewind.sh "$sweep" || exit 1
+experiments/paper_claims/analyse.sh "$sweep" || exit 1
 keep=saved_models/paper_claims/$(basename "$sweep")
 for model in g oneshot; do
   [ -f "$keep/$model/saved_model.pb" ] || { mkdir -p "$keep" && cp -r "$sweep/exports/$model" "$keep/$model"; }
