@@ -83,6 +83,21 @@ def lenet300_pair(tmp_path_factory):
     return pruned, path
 
 
+def test_a_saved_model_reached_through_a_symlink_keeps_its_identity(lenet300_pair, tmp_path):
+    """The cached parts are keyed by the model's identity: the same SavedModel through a linked
+    folder (a worktree's `runs` symlink) must find them, not recompute an hour of Hessian."""
+    import tensorflow as tf
+
+    _, dense_path = lenet300_pair
+    link = tmp_path / "runs"
+    link.symlink_to(os.path.dirname(dense_path))
+    strategy = tf.distribute.get_strategy()
+    _, path, identity = compare_module._open_model("g", dense_path, strategy)
+    _, linked_path, linked_identity = compare_module._open_model("g", str(link / "dense"), strategy)
+    assert linked_identity == identity == [os.path.realpath(dense_path), identity[1]]
+    assert linked_path == str(link / "dense") != path  # reports keep the path as given
+
+
 def test_compare_from_python_writes_the_analysis_and_a_second_call_reads_it_back(lenet300_pair, tmp_path,
                                                                                 monkeypatch):
     from kerasprune.analysis import landscape

@@ -10,7 +10,6 @@
 # Resumable: rerun the same command (sweep and analyze both resume from their folders).
 #   experiments/paper_claims/lenet300.sh [seeds...]      # default: 0 1 2
 cd "$(dirname "$0")/../.." || exit 1
-export KERASPRUNE_THREADS=${KERASPRUNE_THREADS:-1}
 export KERASPRUNE_DATA_DIR=${KERASPRUNE_DATA_DIR:-/work/shared/datasets}
 for seed in ${*:-0 1 2}; do
   lobster=runs/search_rules/reference_seed$seed
@@ -26,8 +25,8 @@ PY
   if [ -z "$point" ]; then echo "seed $seed: $lobster has no point at >= 98% yet; skipped"; continue; fi
   echo "seed $seed: G = point $point of $lobster"
   sweep=runs/paper_claims/lenet300_ref_seed${seed}_p$point
-  python -m kerasprune sweep experiments/lenet300_mnist_g_vs_1s.toml --out "$sweep" \
+  KERASPRUNE_THREADS=${KERASPRUNE_THREADS:-1} python -m kerasprune sweep experiments/lenet300_mnist_g_vs_1s.toml --out "$sweep" \
     --lobster-dir "$lobster" --points "$point" --seeds 0 1 2 \
     --methods lottery_rewind random_reinit --jobs 1 >> "$sweep.sweep.log" 2>&1 || exit 1
-  experiments/paper_claims/analyse.sh "$sweep" || exit 1
+  sh experiments/paper_claims/analyse.sh "$sweep" || exit 1
 done

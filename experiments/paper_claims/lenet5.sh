@@ -13,9 +13,8 @@
 #      git: rerun `kerasprune analyze` on them without retraining, see experiments/results/paper_claims).
 # Resumable: rerun the same command (sweep, export and analyze all resume from their folders).
 #   experiments/paper_claims/lenet5.sh [POINT]        # default: chosen as above
-#   JOBS=2 experiments/paper_claims/lenet5.sh          # both cores for the retrainings
+#   JOBS=2 experiments/paper_claims/lenet5.sh          # both cores for the retrainings and the analyses
 cd "$(dirname "$0")/../.." || exit 1
-export KERASPRUNE_THREADS=${KERASPRUNE_THREADS:-1}
 export KERASPRUNE_DATA_DIR=${KERASPRUNE_DATA_DIR:-/work/shared/datasets}
 lobster=runs/lobster_lenet5_mnist_reference
 point=${1:-$(python - "$lobster" <<'PY'
@@ -33,9 +32,9 @@ PY
 )} || exit 1
 echo "G = point $point of $lobster"
 sweep=runs/paper_claims/lenet5_ref_seed0_p$point
-python -m kerasprune sweep experiments/lenet5_mnist_paper_claims.toml --out "$sweep" \
+KERASPRUNE_THREADS=${KERASPRUNE_THREADS:-1} python -m kerasprune sweep experiments/lenet5_mnist_paper_claims.toml --out "$sweep" \
   --lobster-dir "$lobster" --points "$point" --jobs "${JOBS:-1}" >> "$sweep.sweep.log" 2>&1 || exit 1
-experiments/paper_claims/analyse.sh "$sweep" || exit 1
+sh experiments/paper_claims/analyse.sh "$sweep" || exit 1
 keep=saved_models/paper_claims/$(basename "$sweep")
 for model in g oneshot; do
   [ -f "$keep/$model/saved_model.pb" ] || { mkdir -p "$keep" && cp -r "$sweep/exports/$model" "$keep/$model"; }

@@ -239,8 +239,9 @@ def _open_model(name, source, strategy):
             raise KerasPruneError(f"{name}: {path!r} is not a SavedModel folder (no saved_model.pb)")
         with strategy.scope():
             model = keras.models.load_model(path, compile=False)
-        # A SavedModel is known by path and export time: a re-export invalidates its parts.
-        return model, path, [path, os.path.getmtime(saved)]
+        # A SavedModel is known by path and export time: a re-export invalidates its parts. The path
+        # with its links resolved, so a worktree or a `runs` symlink reaches the same parts.
+        return model, path, [os.path.realpath(path), os.path.getmtime(saved)]
     if not isinstance(source, keras.Model):
         raise KerasPruneError(f"{name} must be a SavedModel folder or a Keras model, got {type(source).__name__}")
     return source, None, ["weights", _weights_hash(source)]
