@@ -278,3 +278,63 @@ def test_the_real_study_toml_loads():
     few = [r for r in config["regimes"] if "--shots" in r["args"]]
     assert len(few) == 2 and all(len(r["seeds"]) >= 5 for r in few)
     assert all("--select" not in r["args"] for r in config["regimes"])
+
+
+def test_ranks_spearman_and_permutation_p_by_hand():
+    assert summarize.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]  # tied values share their mean rank
+    assert summarize.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))  # 1 - 6 sum d^2 / n(n^2-1)
+    assert summarize.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert summarize.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert summarize.spearman([1, 2, 3], [5, 5, 5]) is None
+    # A perfect order of 4: only the 2 monotone orderings of 24 reach |rho| = 1.
+    assert summarize.permutation_p([1, 2, 3, 4], [2, 4, 6, 8]) == pytest.approx(2 / 24)
+    # Beyond EXACT_UP_TO values a seeded sample: the same seed gives the same p, close to the exact 2/10!.
+    x = list(range(10))
+    p = summarize.permutation_p(x, x, seed=3, permutations=2000)
+    assert p == summarize.permutation_p(x, x, seed=3, permutations=2000) and p < 0.01
+
+
+def test_g_against_oneshot_is_paired_by_seed(tree):
+    config, cells = cells_of(tree)
+    runs_dir = tree / "runs" / "transfer"
+    pick = {(c.source.name, c.regime, c.seed): c for c in cells}
+    for seed, (g, o) in enumerate([(0.80, 0.78), (0.83, 0.80), (0.77, 0.76)]):  # differences 2, 3, 1 points
+        fake_cell(runs_dir, pick[("m/g/p5", "few", seed)], g)
+        fake_cell(runs_dir, pick[("m/oneshot/p5", "few", seed)], o)
+    fake_cell(runs_dir, pick[("m/g/p5", "lin", 0)], 0.90)
+    fake_cell(runs_dir, pick[("m/oneshot/p5", "lin", 0)], 0.91)
+    fake_cell(runs_dir, pick[("m/reinit/p5", "few", 0)], 0.5)
+    rows = summarize.read_rows(str(runs_dir))
+    g = {r["seed"]: r["test_accuracy"] for r in rows if r["source"] == "m/g/p5" and r["regime"] == "few"}
+    o = {r["seed"]: r["test_accuracy"] for r in rows if r["source"] == "m/oneshot/p5" and r["regime"] == "few"}
+    mean, se, n = summarize.paired_difference(g, o)
+    assert (mean, n) == (pytest.approx(2.0), 3) and se == pytest.approx(1 / 3 ** 0.5)  # std of (2, 3, 1) is 1
+    assert summarize.verdict(mean, se) == "G better"  # 2 > 2 x 0.577
+    assert summarize.verdict(-1.0, 0.6) == "within noise" and summarize.verdict(-2.0, 0.6) == "1-S better"
+    lines = summarize.g_against_oneshot(rows, config).splitlines()
+    assert len(lines) == 4  # header, rule, lin, few: the re-init is not part of the comparison
+    assert lines[2].startswith("| a_to_b | 90% | lin | 90.00 (1) | 91.00 (1) | -1.00 | 1 | one seed")
+    assert lines[3].endswith("| +2.00 ± 0.58 | 3 | G better |")
+    assert summarize.g_against_oneshot([r for r in rows if r["kind"] == "g"], config).startswith("No level")
+
+
+def test_entropy_correlation_over_sources(tree, tmp_path):
+    config, cells = cells_of(tree)
+    runs_dir = tree / "runs" / "transfer"
+    pick = {(c.source.name, c.regime, c.seed): c for c in cells}
+    # Four sources under "lin": accuracy rises with first-order entropy, falls with second-order.
+    for name, acc, h1, h2 in [("m/dense/p0", 0.9, 4.0, 1.0), ("m/g/p5", 0.8, 3.0, 2.0),
+                              ("m/oneshot/p5", 0.7, 2.0, 3.0), ("m/reinit/p5", 0.6, 1.0, 4.0)]:
+        fake_cell(runs_dir, pick[(name, "lin", 0)], acc, h1=h1, h2=h2)
+    rows = summarize.read_rows(str(runs_dir))
+    lines = summarize.entropy_correlations(rows, config).splitlines()
+    assert lines[2] == f"| a_to_b | lin | 4 | +1.00 ({2 / 24:.3f}) | -1.00 ({2 / 24:.3f}) |"
+    assert len(lines) == 3  # "few" has no cells: no row
+    assert "Fewer than 3" in summarize.entropy_correlations(rows[:2], config)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "README.md").write_text("<!-- table:transfer -->\n<!-- /table:transfer -->\nx\n"
+                                       "<!-- table:transfer-tests -->\n<!-- /table:transfer-tests -->\n")
+    summarize.main(["--runs", str(runs_dir), "--study", str(tree / "study.toml"), "--results", str(results)])
+    body = (results / "README.md").read_text()
+    assert "| a_to_b | 90% | lin | 80.00 (1) | 70.00 (1) | +10.00 | 1 |" in body and lines[2] in body

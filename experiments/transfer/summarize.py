@@ -10,7 +10,11 @@ under ``runs/transfer/`` and writes, into ``experiments/results/transfer/``:
   of ``README.md`` (the prose around them is left alone): rows are the sources grouped by direction
   and sparsity level, columns the regimes, in study.toml's order;
 - ``entropy_vs_accuracy.png``: target accuracy against the first- and the second-order PSP-entropy
-  of the features on the target data, one point per source x regime (mean over seeds, bar: std).
+  of the features on the target data, one point per source x regime (mean over seeds, bar: std);
+- the two tests that answer the issue's question, between ``<!-- table:transfer-tests -->`` markers:
+  G against 1-S at each level and regime (paired by seed: the same seed draws the same shots and
+  the same data order), and the rank correlation between PSP-entropy and transfer accuracy over the
+  sources of each direction and regime.
 
 It works on any part of the study, also none (then it says so, writes an empty table and no figure):
 rerun it as cells finish.
@@ -34,6 +38,9 @@ import study  # noqa: E402  (the study's TOML and cell layout; no TensorFlow imp
 RESULTS = os.path.join(study.ROOT, "experiments", "results", "transfer")
 RUNS = os.path.join(study.ROOT, "runs", "transfer")
 MARKERS_NAME = "table:transfer"  # <!-- table:transfer --> ... <!-- /table:transfer --> in README.md
+TESTS_MARKERS_NAME = "table:transfer-tests"  # the G-vs-1-S and entropy-correlation tables
+PERMUTATIONS = 20_000  # Monte Carlo permutations of a correlation's p-value (exact below EXACT_UP_TO sources)
+EXACT_UP_TO = 8
 COLUMNS = ("direction", "source", "level", "kind", "source_pruned_params_pct", "regime", "seed", "test_accuracy",
            "psp_entropy_1", "psp_entropy_2", "train_examples", "epochs_completed")
 KIND_LABELS = {"dense": "dense", "g": "G (LOBSTER)", "oneshot": "1-S (rewind)", "reinit": "Liu et al. re-init",
@@ -152,6 +159,135 @@ def table(rows, config=None):
     return "\n".join(lines)
 
 
+def paired_difference(a, b):
+    """G minus 1-S in percentage points over the seeds both have: ``(mean, standard error or None, n)``.
+
+    Paired because a seed fixes the shots drawn and the data order for every source, so the seed-to-seed
+    variance of the draw cancels in the difference; ``a``/``b``: ``{seed: accuracy fraction}``."""
+    seeds = sorted(set(a) & set(b))
+    diffs = [100 * (a[s] - b[s]) for s in seeds]
+    if not diffs:
+        return None, None, 0
+    mean, std, n = stats(diffs)
+    return mean, (std / n ** 0.5 if std is not None else None), n
+
+
+def verdict(mean, se):
+    """Which side a paired difference favours: beyond two standard errors, else "within noise"."""
+    if se is None:
+        return "one seed: no error bar"
+    if abs(mean) <= 2 * se:
+        return "within noise"
+    return "G better" if mean > 0 else "1-S better"
+
+
+def g_against_oneshot(rows, config=None):
+    """The markdown table of G - 1-S (target accuracy, points) at each direction x level x regime."""
+    by_source, ordered, regimes = groups(rows, config)
+    lines = ["| direction | level | regime | G | 1-S | G - 1-S (points) | n | verdict |", "|---|---|---|---|---|---|---|---|"]
+    levels = {}
+    for key in ordered:
+        rs = by_source[key]
+        levels.setdefault((key[0], rs[0]["level"]), {})[rs[0]["kind"]] = rs
+    for (direction, level), kinds in levels.items():
+        if "g" not in kinds or "oneshot" not in kinds:
+            continue
+        for regime in regimes:
+            g = {r["seed"]: r["test_accuracy"] for r in kinds["g"] if r["regime"] == regime}
+            o = {r["seed"]: r["test_accuracy"] for r in kinds["oneshot"] if r["regime"] == regime}
+            mean, se, n = paired_difference(g, o)
+            if not n:
+                continue
+            diff = f"{mean:+.2f} ± {se:.2f}" if se is not None else f"{mean:+.2f}"
+            lines.append(f"| {direction} | {level} | {regime} | {cell_text(list(g.values()))} | "
+                         f"{cell_text(list(o.values()))} | {diff} | {n} | {verdict(mean, se)} |")
+    if len(lines) == 2:
+        return "No level has both G and 1-S measured yet."
+    return "\n".join(lines)
+
+
+def ranks(values):
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x, y):
+    """Spearman's rank correlation (Pearson's on ranks, so ties are handled); None if either is constant."""
+    rx, ry = ranks(x), ranks(y)
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / (sxx * syy) ** 0.5 if sxx and syy else None
+
+
+def permutation_p(x, y, seed=0, permutations=PERMUTATIONS):
+    """Two-sided p-value of Spearman's rho under "no association": the share of orderings of ``y`` whose
+    |rho| reaches the observed one; every ordering up to :data:`EXACT_UP_TO` values, else a seeded sample.
+    (Hand-written: scipy is not among the project's dependencies, and this is a dozen lines.)"""
+    import itertools
+    import random
+
+    observed = abs(spearman(x, y))
+    if len(x) <= EXACT_UP_TO:
+        orderings = list(itertools.permutations(y))
+    else:
+        rng = random.Random(seed)
+        orderings = [rng.sample(list(y), len(y)) for _ in range(permutations)]
+    hits = sum(abs(spearman(x, list(p)) or 0.0) >= observed - 1e-12 for p in orderings)
+    return hits / len(orderings)
+
+
+def entropy_correlations(rows, config=None):
+    """The markdown table of Spearman's rho between each source's mean PSP-entropy (first and second
+    order, on the target data) and its mean target accuracy, over the sources of a direction x regime."""
+    by_source, ordered, regimes = groups(rows, config)
+    directions = list(dict.fromkeys(d for d, _ in ordered))
+    lines = ["| direction | regime | sources | rho, first order (p) | rho, second order (p) |", "|---|---|---|---|---|"]
+    for direction in directions:
+        for regime in regimes:
+            points = []
+            for key in ordered:
+                rs = [r for r in by_source[key] if key[0] == direction and r["regime"] == regime
+                      and r["psp_entropy_1"] is not None and r["psp_entropy_2"] is not None]
+                if rs:
+                    points.append((statistics.fmean(r["psp_entropy_1"] for r in rs),
+                                   statistics.fmean(r["psp_entropy_2"] for r in rs),
+                                   statistics.fmean(r["test_accuracy"] for r in rs)))
+            if len(points) < 3:
+                continue
+            h1, h2, acc = zip(*points)
+            cells = []
+            for h in (h1, h2):
+                rho = spearman(h, acc)
+                cells.append("-" if rho is None else f"{rho:+.2f} ({permutation_p(h, acc):.3f})")
+            lines.append(f"| {direction} | {regime} | {len(points)} | {cells[0]} | {cells[1]} |")
+    if len(lines) == 2:
+        return "Fewer than 3 sources measured in every direction and regime: no correlation yet."
+    return "\n".join(lines)
+
+
+def tests_text(rows, config=None):
+    """Both tables of the tests block, with what they mean."""
+    return (f"G against 1-S at the same mask (target test accuracy %, mean ± std (n); the difference paired "
+            f"by seed, ± its standard error; \"within noise\": within two standard errors):\n\n"
+            f"{g_against_oneshot(rows, config)}\n\n"
+            f"Does PSP-entropy predict transfer? Spearman's rank correlation between each source's mean "
+            f"PSP-entropy on the target data and its mean target accuracy, over every source of a direction "
+            f"(dense and all sparsity levels) and regime; p: two-sided permutation p-value (exact up to "
+            f"{EXACT_UP_TO} sources, else {PERMUTATIONS:,} seeded permutations):\n\n"
+            f"{entropy_correlations(rows, config)}")
+
+
 def update_readme(readme, text):
     """Writes ``text`` between the table markers of ``readme``, leaving the rest alone."""
     readme_blocks.write_between_markers(readme, MARKERS_NAME, text)
@@ -217,7 +353,9 @@ def main(argv=None):
     text = (f"{table(rows, config)}\n\nStatus: {len(rows)} of the {total} cells of `experiments/transfer/study.toml` "
             "finished. Target test accuracy (%) on the target's whole test set, mean ± sample standard deviation "
             "over seeds (n in parentheses).")
-    update_readme(os.path.join(args.results, "README.md"), text)
+    readme = os.path.join(args.results, "README.md")
+    update_readme(readme, text)
+    readme_blocks.write_between_markers(readme, TESTS_MARKERS_NAME, tests_text(rows, config), required=False)
     if not rows:
         print(f"no finished cells under {args.runs}: wrote an empty table, no figure")
         return 0
