@@ -288,6 +288,17 @@ def test_sweep_of_chosen_points_exports_g_and_1s_at_the_sparsest_chosen_point(tm
     exports = json.loads(open(os.path.join(out, "exports.json")).read())
     assert exports["g_point"] == 1 and exports["oneshot_point"] == 1
     assert exports["g_pruned_params_pct"] == pytest.approx(50.0, abs=0.01)
+    # 1-S is the best *rewind* (the paper's "best one-shot solution (Frankle and Carbin)"): a re-init
+    # with a lower validation error does not take its place.
+    rows = results.read(os.path.join(out, "results.csv"))
+    rewind = next(r for r in rows if r["method"] == "lottery_rewind")
+    better_reinit = {**rewind, "method": "random_reinit", "val_error": 0.0, "test_error": 0.0,
+                     "run_dir": "runs/random_reinit/point_001/seed_0"}  # no weights: exporting it would raise
+    points = [p for p in sweep.read_operating_points(lobster_dir) if p["point"] == 1]
+    info = sweep.export_solutions(tiny(lobster_dir, seeds=[0], methods=["lottery_rewind"], points=[1]), out,
+                                  lobster_dir, points, rows + [better_reinit])
+    assert info["oneshot_method"] == "lottery_rewind" and info["oneshot_source"].endswith(
+        os.path.join(rewind["run_dir"], "final.weights.h5"))
     # The table carried to a machine without the run folders: a one-line error naming the row to redo.
     shutil.rmtree(os.path.join(out, "runs"))
     os.remove(os.path.join(out, "exports.json"))
