@@ -190,10 +190,11 @@ class RunSettings:
         """The :class:`RunSettings` fields of this config, as keyword arguments."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}
 
-    @staticmethod
-    def default_settings():
-        """Each :class:`RunSettings` field's default: what a run folder written before the field
-        existed ran with (``kerasprune.runs.start`` reads a config.json that lacks it so)."""
+    @classmethod
+    def older_folder_settings(cls, saved):
+        """What a run folder whose ``config.json`` (``saved``) lacks a setting ran with, as
+        ``kerasprune.runs`` reads such a folder: each :class:`RunSettings` field's default, which
+        was the behaviour before the field existed (e.g. ``weight_decay`` 0)."""
         return {f.name: f.default for f in dataclasses.fields(RunSettings) if f.default is not dataclasses.MISSING}
 
     def make_optimizer(self):
@@ -213,17 +214,44 @@ class RunSettings:
                          max_test_examples=self.max_test_examples, **kwargs)
 
 
+# How a model's fresh weights are drawn (``kerasprune.models``): "authors" is PyTorch's default, which the
+# authors' code keeps for every network (EIDOSlab/LOBSTER's LeNet-300, LeNet-5 and ResNet-32 set no
+# init of their own): kernels and biases U(+-1/sqrt(fan_in)); "glorot" is Keras's default
+# (Glorot-uniform kernels, zero biases), kerasprune's LeNet init before session 10; "he" is He-normal
+# kernels with zero biases, kerasprune's ResNet-32 init before session 7.
+INITS = ("authors", "glorot", "he")
+
+
+def init_of_older_folder(model):
+    """The init a run folder written before the ``init`` setting existed (session 10) trained with:
+    the LeNets were built with Keras's defaults, ResNet-32 with the authors' since session 7."""
+    return "authors" if model == "resnet32" else "glorot"
+
+
 @dataclasses.dataclass
 class TrainingRun(RunSettings):
-    """A run that trains one model: the shared settings plus its length and seed."""
+    """A run that trains one model from fresh weights: the shared settings plus its length, seed and
+    the init its weights are drawn with."""
 
     epochs: int = setting(10, "epochs to train", type=positive_int)
     seed: int = setting(0, "seed of initial weights and data order (same seed, same run)")
+    init: str = setting("authors", "initial weights: authors (PyTorch's default, as the authors' code: "
+                                   "U(+-1/sqrt(fan_in)) kernels and biases), glorot (Keras's default: "
+                                   "Glorot-uniform kernels, zero biases) or he (He-normal kernels, zero biases)",
+                        choices=INITS)
 
     def __post_init__(self):
         super().__post_init__()
         if self.epochs < 1:
             raise KerasPruneError(f"epochs must be >= 1, got {self.epochs}")
+        if self.init not in INITS:
+            raise KerasPruneError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+    @classmethod
+    def older_folder_settings(cls, saved):
+        """:meth:`RunSettings.older_folder_settings`, and ``init``: a folder that predates that setting
+        ran with :func:`init_of_older_folder` of its model, not with today's default."""
+        return {**super().older_folder_settings(saved), "init": init_of_older_folder(saved.get("model"))}
 
 
 @dataclasses.dataclass

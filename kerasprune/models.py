@@ -9,6 +9,7 @@ import math
 
 from kerasprune import data
 from kerasprune._keras import keras
+from kerasprune.config import INITS
 from kerasprune.registry import Registry
 
 MODELS = Registry("model")
@@ -46,37 +47,77 @@ def build_for(config, seed=None, dspec=None):
     :mod:`kerasprune.runs`, because building a model imports Keras anyway.
     """
     dspec = dspec or data.spec(config.dataset, config.data_dir)
-    return build(config.model, input_shape=dspec.input_shape, num_classes=dspec.num_classes, seed=seed)
+    # A config without ``init`` (RunSettings: a reader that loads trained weights) takes the default.
+    options = {"init": config.init} if getattr(config, "init", None) else {}
+    return build(config.model, input_shape=dspec.input_shape, num_classes=dspec.num_classes, seed=seed, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial weights (config.INITS). Every initializer is a fresh object per layer with no seed of its
+# own, so each draws from the global seed ``build`` sets: the same seed gives the same weights.
+
+def _check_init(init):
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def _kernel_init(init):
+    """Kernels: PyTorch's default for "authors" (its kaiming_uniform with a=sqrt(5) is
+    U(+-1/sqrt(fan_in)), Keras's VarianceScaling(1/3, fan_in, uniform)), else Glorot- or He-normal's Keras names."""
+    _check_init(init)
+    if init == "authors":
+        return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+    return {"glorot": "glorot_uniform", "he": "he_normal"}[init]
+
+
+def _bias_init(init, fan_in):
+    """Biases: PyTorch's default U(+-1/sqrt(fan_in)) for "authors" (fan_in: the layer's inputs per
+    output, kernel height x width x input channels for a convolution), zeros otherwise."""
+    if init != "authors":
+        return "zeros"
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def _dense(x, units, name, init):
+    fan_in = int(x.shape[-1])
+    return keras.layers.Dense(units, kernel_initializer=_kernel_init(init), bias_initializer=_bias_init(init, fan_in),
+                              name=name)(x)
 
 
 @MODELS.register("lenet300")
-def lenet300(input_shape, num_classes, hidden=(300, 100)):
-    """LeNet-300-100: a 784-300-100-10 perceptron (266,610 parameters on MNIST)."""
+def lenet300(input_shape, num_classes, hidden=(300, 100), init="authors"):
+    """LeNet-300-100: a 784-300-100-10 perceptron (266,610 parameters on MNIST); ``init``: see
+    :data:`~kerasprune.config.INITS` (default: the authors', PyTorch's)."""
+    _check_init(init)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Flatten(name="flatten")(inputs)
     for i, units in enumerate(hidden, start=1):
-        x = keras.layers.Dense(units, name=f"fc{i}")(x)
+        x = _dense(x, units, f"fc{i}", init)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    outputs = _dense(x, num_classes, "logits", init)
     return keras.Model(inputs, outputs, name="lenet300")
 
 
 @MODELS.register("lenet5")
-def lenet5(input_shape, num_classes):
-    """Caffe's LeNet-5 as LOBSTER's code uses it (431,080 parameters on MNIST).
+def lenet5(input_shape, num_classes, init="authors"):
+    """Caffe's LeNet-5 as LOBSTER's code uses it (431,080 parameters on MNIST); ``init`` as lenet300's.
 
     conv 20@5x5 -> ReLU -> max-pool 2 -> conv 50@5x5 -> ReLU -> max-pool 2 -> dense 500 -> ReLU -> dense.
     """
+    _check_init(init)
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for i, filters in enumerate((20, 50), start=1):
-        x = keras.layers.Conv2D(filters, 5, name=f"conv{i}")(x)
+        fan_in = 5 * 5 * int(x.shape[-1])
+        x = keras.layers.Conv2D(filters, 5, kernel_initializer=_kernel_init(init),
+                                bias_initializer=_bias_init(init, fan_in), name=f"conv{i}")(x)
         x = keras.layers.ReLU(name=f"relu_conv{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(500, name="fc1")(x)
+    x = _dense(x, 500, "fc1", init)
     x = keras.layers.ReLU(name="relu_fc1")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    outputs = _dense(x, num_classes, "logits", init)
     return keras.Model(inputs, outputs, name="lenet5")
 
 
@@ -108,15 +149,7 @@ def _shortcut_a(x, filters, stride, name):
 # defaults (momentum 0.99, eps 1e-3) and He-normal init, a run on a small subset diverged in its
 # first steps (loss 6-7) and its validation loss read 1e7-1e9 for epochs: moving statistics that
 # follow 1% per step.
-RESNET_INITS = ("authors", "he")
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # PyTorch's BatchNorm2d defaults (momentum 0.1) in Keras's terms
-
-
-def _kernel_init(init):
-    """A fresh initializer per layer (each draws from the global seed): PyTorch's default, or He-normal."""
-    if init == "he":
-        return "he_normal"
-    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 def _batch_norm(name):
@@ -139,9 +172,8 @@ def _basic_block(x, filters, stride, name, init):
 def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64), init="authors"):
     """He et al.'s CIFAR ResNet-(6n+2), n=5: 3 stages of basic blocks, 16/32/64 filters,
     batch norm and option-A (parameter-free) shortcuts, as in akamaster/pytorch_resnet_cifar10 and
-    the authors' code; ``init``: see :data:`RESNET_INITS` (default: the authors')."""
-    if init not in RESNET_INITS:
-        raise ValueError(f"init must be one of {', '.join(RESNET_INITS)}, got {init!r}")
+    the authors' code; ``init``: see :data:`~kerasprune.config.INITS` (default: the authors')."""
+    _check_init(init)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=_kernel_init(init),
                             name="stem_conv")(inputs)
@@ -152,8 +184,5 @@ def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64), 
             stride = 2 if stage > 1 and block == 1 else 1
             x = _basic_block(x, filters, stride, name=f"stage{stage}_block{block}", init=init)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    bound = 1.0 / math.sqrt(widths[-1])  # PyTorch's default bias init, U(+-1/sqrt(fan_in))
-    bias_init = "zeros" if init == "he" else keras.initializers.RandomUniform(-bound, bound)
-    outputs = keras.layers.Dense(num_classes, kernel_initializer=_kernel_init(init), bias_initializer=bias_init,
-                                 name="logits")(x)
+    outputs = _dense(x, num_classes, "logits", init)
     return keras.Model(inputs, outputs, name=f"resnet{6 * blocks_per_stage + 2}")

@@ -172,16 +172,17 @@ def start(out, config, stage, resumable=("epochs",), legacy=None):
 
     A ``config.json`` already there must hold the same settings but ``resumable``
     (:func:`check_same_config`). A setting it lacks was added since the folder was written, when
-    every run behaved as its default does (``RunSettings.default_settings``, e.g. ``weight_decay``
-    0) or as ``legacy`` says (LOBSTER's first threshold rule): this is the one place that defaulting
-    is done, for every run kind. Returns what ``stage`` recorded if it has finished in ``out``
+    every run behaved as ``config.older_folder_settings`` says (e.g. ``weight_decay`` 0, a LeNet's
+    ``init`` glorot) or as ``legacy`` says (LOBSTER's first threshold rule): this and
+    :func:`read_config` are the places that defaulting is done, for every run kind. Returns what ``stage`` recorded if it has finished in ``out``
     (:func:`finished`; the caller decides whether that run is the one asked for). Otherwise it
     writes ``config.json`` (the chief of a multi-worker run only) and returns None: the run goes on.
     """
     path = run_file(out, CONFIG)
     wanted = dataclasses.asdict(config)
     if os.path.isfile(path):
-        saved = {**config.default_settings(), **(legacy or {}), **read_json(path)}
+        stored = read_json(path)
+        saved = {**config.older_folder_settings(stored), **(legacy or {}), **stored}
         check_same_config(saved, wanted, out, resumable)
     done = finished(out, stage)
     if done is not None:
@@ -225,7 +226,8 @@ def read_config(run_dir, kind=None, legacy=None):
     """``run_dir``'s ``config.json``: the dict as written, or with ``kind`` (a settings dataclass such
     as :class:`~kerasprune.config.RunSettings`) an instance of it, checked as any new config is. Fields ``kind`` lacks
     are left out (a LOBSTER folder read as ``RunSettings``); fields the file lacks take ``legacy``'s
-    value, else the dataclass default (the folder predates them)."""
+    value, else what ``kind.older_folder_settings`` says, else the dataclass default (the folder
+    predates them)."""
     path = run_file(run_dir, CONFIG)
     if not os.path.isfile(path):
         raise KerasPruneError(f"{run_dir} is not a run folder: it has no {CONFIG}")
@@ -233,7 +235,8 @@ def read_config(run_dir, kind=None, legacy=None):
     if kind is None:
         return saved
     names = {f.name for f in dataclasses.fields(kind) if f.init}
-    return kind(**{k: v for k, v in {**(legacy or {}), **saved}.items() if k in names})
+    older = kind.older_folder_settings(saved) if hasattr(kind, "older_folder_settings") else {}
+    return kind(**{k: v for k, v in {**older, **(legacy or {}), **saved}.items() if k in names})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import tomllib
 from typing import Callable, Dict, List, Optional
 
 from kerasprune import report, results, runs
-from kerasprune.config import LobsterConfig, RunSettings, TrainConfig, setting
+from kerasprune.config import INITS, LobsterConfig, RunSettings, TrainConfig, init_of_older_folder, setting
 from kerasprune.distribute import declare_strategy, is_chief, parse_strategy
 from kerasprune.errors import KerasPruneError
 from kerasprune.pure.points import read_operating_points as read_points
@@ -83,6 +83,12 @@ class SweepConfig(RunSettings):
     imp_rate: float = setting(0.2, "fraction of the kept kernels each IMP round prunes")
     lobster_dir: Optional[str] = setting(None, "use this existing LOBSTER run folder (its finished operating "
                                                "points) instead of running LOBSTER in OUT/lobster")
+    # One init for the LOBSTER run and every fresh model of the sweep (re-inits, random structures,
+    # dense runs): a rewind starts from LOBSTER's initial weights, so comparing it with a re-init
+    # drawn another way would compare inits, not structures.
+    init: Optional[str] = setting(None, "initial weights of LOBSTER and of every fresh model (see kerasprune train "
+                                        "--help)", choices=INITS,
+                                  shown_default="lobster_dir's, else authors (the [lobster] table's if it sets one)")
     # The [lobster] table: a dict of LobsterConfig fields becomes the LobsterConfig, checked here.
     lobster: Optional[LobsterConfig] = setting(None, "the LOBSTER run's settings: the [lobster] table's, else "
                                                      "the shared settings above and the first seed")
@@ -112,8 +118,26 @@ class SweepConfig(RunSettings):
             raise KerasPruneError("a sweep cannot run under multiworker: its runs are independent, so start "
                                   "one sweep process per machine or device on the same --out instead "
                                   "(docs/distributed.md); use multiworker for single train/lobster runs")
+        if self.init is None:
+            self.init = self._inherited_init()
+        if self.init not in INITS:
+            raise KerasPruneError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         if not isinstance(self.lobster, LobsterConfig):
             self.lobster = self._lobster_config(self.lobster or {})
+        if self.lobster.init != self.init:
+            raise KerasPruneError(f"[lobster] init {self.lobster.init!r} differs from the sweep's {self.init!r}: set "
+                                  "init once, at the top level (LOBSTER and the fresh models share it)")
+
+    def _inherited_init(self):
+        """``init`` when the file does not set it: the LOBSTER run's (``lobster_dir``), else the [lobster]
+        table's, else LobsterConfig's default."""
+        if self.lobster_dir:
+            theirs = _lobster_config(self.lobster_dir)
+            return theirs.get("init") or init_of_older_folder(theirs.get("model", self.model))
+        if isinstance(self.lobster, LobsterConfig):
+            return self.lobster.init
+        table = self.lobster if isinstance(self.lobster, dict) else {}  # another type: _lobster_config says so
+        return table.get("init") or LobsterConfig.__dataclass_fields__["init"].default
 
     def _lobster_config(self, table):
         """The LOBSTER run's config: the sweep's shared settings and first seed, then ``table``'s values."""
@@ -124,7 +148,7 @@ class SweepConfig(RunSettings):
         if unknown:
             raise KerasPruneError(f"[lobster] has unknown keys {sorted(unknown)}; valid: {', '.join(sorted(valid))}")
         try:
-            return LobsterConfig(**{**self.settings(), "seed": self.seeds[0], **table})
+            return LobsterConfig(**{**self.settings(), "seed": self.seeds[0], "init": self.init, **table})
         except KerasPruneError as exc:
             raise KerasPruneError(f"[lobster] {exc}") from None
 
@@ -133,7 +157,8 @@ class SweepConfig(RunSettings):
         return list(self.method_seeds.get(method, self.seeds))
 
     def train_config(self, seed, epochs=None):
-        return TrainConfig(**self.settings(), seed=seed, epochs=self.epochs if epochs is None else epochs)
+        return TrainConfig(**self.settings(), seed=seed, init=self.init,
+                           epochs=self.epochs if epochs is None else epochs)
 
 
 def load_config(path, **overrides):
@@ -316,8 +341,9 @@ def pending_runs(config, out):
 
 
 # The settings a LOBSTER run must share with the sweep for its masks and initial weights to mean
-# anything there: same network, same data, same validation split.
-SAME_SETUP = ("model", "dataset", "split_seed", "val_fraction")
+# anything there: same network, same data, same validation split, same init (a re-init must be
+# drawn as LOBSTER's initial weights were).
+SAME_SETUP = ("model", "dataset", "split_seed", "val_fraction", "init")
 
 
 def _lobster_config(lobster_dir):
@@ -329,7 +355,9 @@ def _lobster_config(lobster_dir):
 
 def _check_same_setup(config, lobster_dir):
     theirs = _lobster_config(lobster_dir)
-    ours = config.settings()
+    if theirs:  # a folder from before the init setting ran with the init of its time
+        theirs = {**theirs, "init": theirs.get("init") or init_of_older_folder(theirs.get("model"))}
+    ours = {**config.settings(), "init": config.init}
     wrong = [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in SAME_SETUP
              if k in theirs and theirs[k] != ours[k]]
     if wrong:

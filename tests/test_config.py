@@ -74,3 +74,41 @@ def test_every_setting_has_its_help_text_beside_it(cls):
 def test_sweep_flags_override_the_file_only_when_given():
     args = cli.build_parser().parse_args(["sweep", "s.toml", "--out", "x", "--seeds", "3", "4"])
     assert (args.seeds, args.methods, args.points, args.strategy, args.data_dir) == ([3, 4], None, None, None, None)
+
+
+def test_init_flag_and_its_choices():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--model", "lenet5", "--dataset", "mnist", "--out", "x", "--init", "glorot"])
+    assert config.from_args(TrainConfig, args).init == "glorot"
+    assert TrainConfig().init == LobsterConfig().init == "authors"  # the authors' code: PyTorch's default
+    with pytest.raises(SystemExit):
+        parser.parse_args(["lobster", "--model", "lenet5", "--dataset", "mnist", "--out", "x", "--init", "xavier"])
+    with pytest.raises(KerasPruneError, match="init must be one of authors, glorot, he, got 'xavier'"):
+        TrainConfig(init="xavier")
+    with pytest.raises(SystemExit):  # a transfer's weights are its source's: there is nothing to draw
+        parser.parse_args(["transfer", "--source", "s", "--dataset", "mnist", "--out", "x", "--init", "he"])
+
+
+def _lobster_folder(path, **saved):
+    import json
+
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model": "lenet300", "dataset": "mnist", "split_seed": 0,
+                                                  "val_fraction": 0.1, **saved}))
+    return str(path)
+
+
+def test_a_sweep_draws_its_fresh_models_as_its_lobster_run_did(tmp_path):
+    """A re-init is compared with a rewind of LOBSTER's initial weights: both must be drawn one way."""
+    old = _lobster_folder(tmp_path / "old")  # written before the init setting: Glorot
+    swept = sweep.SweepConfig(lobster_dir=old)
+    assert (swept.init, swept.lobster.init, swept.train_config(0).init) == ("glorot", "glorot", "glorot")
+    assert sweep.SweepConfig(lobster_dir=_lobster_folder(tmp_path / "new", init="he")).init == "he"
+    assert sweep.SweepConfig().init == sweep.SweepConfig().lobster.init == "authors"  # it runs its own LOBSTER
+    assert sweep.SweepConfig(lobster={"init": "glorot"}).train_config(1).init == "glorot"
+    with pytest.raises(KerasPruneError, match=r"\[lobster\] init 'he' differs from the sweep's 'glorot'"):
+        sweep.SweepConfig(init="glorot", lobster={"init": "he"})
+    with pytest.raises(KerasPruneError,
+                       match=r"other settings than this sweep \(init: 'glorot' there, 'authors' here\)"):
+        sweep._check_same_setup(sweep.SweepConfig(lobster_dir=old, init="authors"), old)
+    sweep._check_same_setup(swept, old)  # inherited: the same

@@ -70,5 +70,42 @@ def test_resnet32_starts_as_the_authors_pytorch_module_does():
     he = models.build("resnet32", seed=0, init="he")
     assert he.get_layer("stage3_block5_conv2").kernel.numpy().std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.03)
     assert not he.get_layer("logits").bias.numpy().any()
-    with pytest.raises(ValueError, match="init must be one of authors, he, got 'glorot'"):
-        models.build("resnet32", init="glorot")
+    with pytest.raises(ValueError, match="init must be one of authors, glorot, he, got 'pytorch'"):
+        models.build("resnet32", init="pytorch")
+
+
+def test_lenets_start_as_the_authors_pytorch_modules_do():
+    """EIDOSlab/LOBSTER's LeNet300 and LeNet5 set no init: PyTorch's nn.Linear / nn.Conv2d default,
+    kernels and biases U(+-1/sqrt(fan_in)), fan_in = inputs per output (k x k x channels for a conv)."""
+    lenet5 = models.build("lenet5", seed=0)
+    for name, fan_in in [("conv1", 5 * 5 * 1), ("conv2", 5 * 5 * 20), ("fc1", 4 * 4 * 50), ("logits", 500)]:
+        layer = lenet5.get_layer(name)
+        bound = 1 / np.sqrt(fan_in)
+        kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+        assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound and np.abs(bias).min() > 0, name
+        if kernel.size > 10_000:  # enough draws for the uniform's std, bound / sqrt(3)
+            assert kernel.std() == pytest.approx(bound / np.sqrt(3), rel=0.02), name
+    lenet300 = models.build("lenet300", seed=0)
+    for name, fan_in in [("fc1", 784), ("fc2", 300), ("logits", 100)]:
+        weights = lenet300.get_layer(name).get_weights()
+        assert all(np.abs(w).max() <= 1 / np.sqrt(fan_in) for w in weights) and weights[1].all(), name
+
+
+@pytest.mark.parametrize("name", ["lenet300", "lenet5"])
+def test_glorot_init_is_the_keras_default_draw_for_draw(name):
+    """init="glorot" gives the weights kerasprune's LeNets had before the init setting (Keras's layer
+    defaults), draw for draw, so the runs of earlier sessions resume and reproduce."""
+    glorot = models.build(name, seed=5, init="glorot").get_weights()
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((28, 28, 1))
+    if name == "lenet300":
+        x = keras.layers.Flatten()(inputs)
+        x = keras.layers.Dense(100)(keras.layers.Dense(300)(x))  # no activation needed: weights only
+    else:
+        x = keras.layers.Conv2D(50, 5)(keras.layers.MaxPooling2D(2)(keras.layers.Conv2D(20, 5)(inputs)))
+        x = keras.layers.Dense(500)(keras.layers.Flatten()(keras.layers.MaxPooling2D(2)(x)))
+    default = keras.Model(inputs, keras.layers.Dense(10)(x)).get_weights()
+    assert len(glorot) == len(default) and all(np.array_equal(a, b) for a, b in zip(glorot, default))
+    assert not any(b.any() for b in glorot[1::2])  # zero biases
+    authors = models.build(name, seed=5).get_weights()
+    assert not np.array_equal(authors[0], glorot[0])

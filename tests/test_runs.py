@@ -1,6 +1,7 @@
 """kerasprune.runs: files written whole, a run folder's start (config.json first, other settings
 refused), the finished markers, and config.json files as kerasprune wrote them before this module."""
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -162,13 +163,19 @@ def test_a_lobster_config_json_as_written_before_reads_back_and_resumes(tmp_path
     out.mkdir()
     (out / runs.CONFIG).write_text(LOBSTER_CONFIG_JSON)
     (out / runs.HISTORY).write_text("epoch,loss\n0,1.0\n")  # it had finished an epoch: no restart
-    config = LobsterConfig(**LOBSTER_SETTINGS)
+    # It predates the init setting: its LeNet-300 was drawn with Keras's Glorot defaults.
+    config = LobsterConfig(**LOBSTER_SETTINGS, init="glorot")
     assert runs.read_config(str(out), LobsterConfig) == config
     assert runs.read_config(str(out), RunSettings) == RunSettings(**config.settings())
+    with pytest.raises(KerasPruneError, match=r"another configuration \(init: 'glorot' -> 'authors'\)"):
+        runs.start(str(out), LobsterConfig(**LOBSTER_SETTINGS), "lobster")  # today's default init
     assert runs.start(str(out), config, "lobster", legacy={"threshold_search": "conservative"}) is None
-    assert (out / runs.CONFIG).read_text() == LOBSTER_CONFIG_JSON  # rewritten, byte for byte the same
+    # Rewritten as it was, plus the init it ran with.
+    assert json.loads((out / runs.CONFIG).read_text()) == {**json.loads(LOBSTER_CONFIG_JSON), "init": "glorot"}
     with pytest.raises(KerasPruneError, match=r"another configuration \(lmbda: 0.0001 -> 0.5\)"):
-        runs.start(str(out), LobsterConfig(**{**LOBSTER_SETTINGS, "lmbda": 0.5}), "lobster")
+        runs.start(str(out), LobsterConfig(**{**LOBSTER_SETTINGS, "lmbda": 0.5, "init": "glorot"}), "lobster")
+    resnet = {**json.loads(LOBSTER_CONFIG_JSON), "model": "resnet32", "dataset": "cifar10"}
+    assert LobsterConfig.older_folder_settings(resnet)["init"] == "authors"  # its init since session 7
 
 
 def test_the_model_of_a_run_folder_is_built_from_its_config(tmp_path):

@@ -282,7 +282,8 @@ def test_the_real_study_toml_loads():
 
 def test_ranks_spearman_and_permutation_p_by_hand():
     assert summarize.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]  # tied values share their mean rank
-    assert summarize.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))  # 1 - 6 sum d^2 / n(n^2-1)
+    # 1 - 6 sum(d^2) / (n (n^2 - 1)), d = (0, 1, 1, 0)
+    assert summarize.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(1 - 6 * 2 / (4 * 15))
     assert summarize.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert summarize.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
     assert summarize.spearman([1, 2, 3], [5, 5, 5]) is None

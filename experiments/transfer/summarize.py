@@ -184,7 +184,8 @@ def verdict(mean, se):
 def g_against_oneshot(rows, config=None):
     """The markdown table of G - 1-S (target accuracy, points) at each direction x level x regime."""
     by_source, ordered, regimes = groups(rows, config)
-    lines = ["| direction | level | regime | G | 1-S | G - 1-S (points) | n | verdict |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| direction | level | regime | G | 1-S | G - 1-S (points) | n | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     levels = {}
     for key in ordered:
         rs = by_source[key]

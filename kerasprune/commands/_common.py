@@ -3,7 +3,7 @@ from kerasprune import config
 from kerasprune.config import RunSettings, TrainConfig, positive_int  # noqa: F401  (positive_int: analyze's type)
 from kerasprune.distribute import strategy_flag  # noqa: F401  (analyze's --strategy type)
 
-TRAINING = ("model", "epochs", "seed", "batch_size", "lr", "momentum", "weight_decay", "optimizer")
+TRAINING = ("model", "epochs", "seed", "init", "batch_size", "lr", "momentum", "weight_decay", "optimizer")
 DATA = ("dataset", "data_dir", "val_fraction", "split_seed", "max_train_examples", "max_test_examples")
 
 

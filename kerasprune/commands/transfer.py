@@ -32,7 +32,8 @@ examples:
 
 SOURCE = ("source", "point")
 TRANSFER = ("probe", "shots", "shot_seed", "mask_kinds", "select")
-TRAINING = tuple(name for name in _common.TRAINING if name != "model")  # the architecture is the source's
+# The architecture and its weights are the source's: no --model, no --init.
+TRAINING = tuple(name for name in _common.TRAINING if name not in ("model", "init"))
 PSP = ("psp_split", "psp_examples", "psp_pair_samples", "psp_max_exact_units")
 
 
