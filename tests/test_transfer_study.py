@@ -339,3 +339,20 @@ def test_entropy_correlation_over_sources(tree, tmp_path):
     summarize.main(["--runs", str(runs_dir), "--study", str(tree / "study.toml"), "--results", str(results)])
     body = (results / "README.md").read_text()
     assert "| a_to_b | 90% | lin | 80.00 (1) | 70.00 (1) | +10.00 | 1 |" in body and lines[2] in body
+
+
+def test_a_cell_whose_run_lock_is_held_is_busy(tree):
+    import fcntl
+
+    _, cells = cells_of(tree)
+    cell = cells[0]
+    assert not study.is_busy(cell, root=str(tree))  # no folder yet
+    os.makedirs(tree / cell.out)
+    lock = tree / cell.out / ".lock"
+    lock.write_text("pid 1 on elsewhere\n")
+    assert not study.is_busy(cell, root=str(tree))  # a lock file nobody holds: a finished or killed run
+    with open(lock, "a+") as held:  # what kerasprune.runs.exclusive does while a transfer runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert study.is_busy(cell, root=str(tree))
+        assert lock.read_text() == "pid 1 on elsewhere\n"  # the check leaves the holder's line alone
+    assert not study.is_busy(cell, root=str(tree))

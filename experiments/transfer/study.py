@@ -8,7 +8,9 @@ subprocess (cwd = the repository root) writing into
 ``transfer.log`` there, next to ``cell.json`` (what the cell is, for summarize.py). A cell is finished
 once its ``metrics.json`` exists; the command resumes a killed run, so rerunning the driver continues
 where it stopped. A source that does not exist yet is skipped with one line; a failed cell is logged
-and the driver goes on, then exits nonzero listing the failed cells.
+and the driver goes on, then exits nonzero listing the failed cells. A cell whose folder another
+process holds (its run lock, ``kerasprune.runs.exclusive``) is left to that process, so two drivers
+can share the cores on one study.
 
   python experiments/transfer/study.py                     # everything not yet finished
   python experiments/transfer/study.py --only mnist/g/p12  # cells whose id contains the text
@@ -20,6 +22,7 @@ Environment of the cells: ``KERASPRUNE_THREADS`` (default 1) and ``KERASPRUNE_DA
 """
 import argparse
 import dataclasses
+import fcntl
 import glob
 import json
 import os
@@ -33,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from kerasprune.pure.points import read_operating_points  # noqa: E402  (no TensorFlow import)
-from kerasprune.runs import CONFIG, FINAL_WEIGHTS, METRICS, POINTS_CSV, RESULT  # noqa: E402  (nor here)
+from kerasprune.runs import CONFIG, FINAL_WEIGHTS, LOCK, METRICS, POINTS_CSV, RESULT  # noqa: E402  (nor here)
 
 STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study.toml")
 ENV_DEFAULTS = {"KERASPRUNE_THREADS": "1", "KERASPRUNE_DATA_DIR": "/work/shared/datasets"}
@@ -239,6 +242,20 @@ def is_finished(cell, root=ROOT):
     return os.path.isfile(os.path.join(root, cell.out, METRICS))
 
 
+def is_busy(cell, root=ROOT):
+    """True if another process holds the cell folder's run lock (another driver is running the cell)."""
+    path = os.path.join(root, cell.out, LOCK)
+    if not os.path.isfile(path):
+        return False
+    with open(path, "a+") as handle:  # "a+": does not truncate the holder's pid line
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 def env_for_cells(base=None):
     env = dict(os.environ if base is None else base)
     for key, value in ENV_DEFAULTS.items():
@@ -300,7 +317,7 @@ def main(argv=None):
         print(line)
     runnable = [c for c in cells if c.source.skip is None]
     env = env_for_cells()
-    start, failed, ran = time.time(), [], 0
+    start, failed, busy, ran = time.time(), [], [], 0
     for k, cell in enumerate(runnable, start=1):
         head = f"[{k}/{len(runnable)} {_clock(time.time() - start)}]"
         if is_finished(cell):
@@ -308,6 +325,10 @@ def main(argv=None):
             continue
         if args.dry_run:
             print(f"{head} would run: {shlex.join(cell.command('python'))}", flush=True)
+            continue
+        if is_busy(cell):
+            busy.append(cell.id)
+            print(f"{head} busy {cell.id}: another process runs it", flush=True)
             continue
         print(f"{head} started {cell.id}", flush=True)
         began = time.time()
@@ -323,7 +344,8 @@ def main(argv=None):
             print(f"{head} FAILED {cell.id} (exit {code}, {os.path.join(cell.out, LOG)}): {last}", flush=True)
     skipped = len(cells) - len(runnable)
     print(f"{len(cells)} cells selected: {sum(is_finished(c) for c in runnable)} finished, {ran} run now, "
-          f"{len(failed)} failed, {skipped} skipped (source missing); {_clock(time.time() - start)}")
+          f"{len(failed)} failed, {len(busy)} left to another process, {skipped} skipped (source missing); "
+          f"{_clock(time.time() - start)}")
     if failed:
         print("failed cells: " + " ".join(failed))
         return 1
