@@ -341,18 +341,27 @@ def test_entropy_correlation_over_sources(tree, tmp_path):
     assert "| a_to_b | 90% | lin | 80.00 (1) | 70.00 (1) | +10.00 | 1 |" in body and lines[2] in body
 
 
-def test_a_cell_whose_run_lock_is_held_is_busy(tree):
+def test_one_driver_claims_a_cell_and_a_running_transfer_keeps_it(tree):
     import fcntl
 
     _, cells = cells_of(tree)
     cell = cells[0]
-    assert not study.is_busy(cell, root=str(tree))  # no folder yet
-    os.makedirs(tree / cell.out)
+    first = study.claim(cell, root=str(tree))  # no folder yet: made, and claimed
+    assert first is not None
+    assert study.claim(cell, root=str(tree)) is None  # a second driver leaves it
+    first.close()
+    again = study.claim(cell, root=str(tree))
+    assert again is not None  # released when the first driver's cell ended (or the driver died)
+    again.close()
     lock = tree / cell.out / ".lock"
-    lock.write_text("pid 1 on elsewhere\n")
-    assert not study.is_busy(cell, root=str(tree))  # a lock file nobody holds: a finished or killed run
+    lock.write_text("pid 1 on elsewhere\n")  # a lock file nobody holds: a finished or killed run
+    mine = study.claim(cell, root=str(tree))
+    assert mine is not None
+    mine.close()
     with open(lock, "a+") as held:  # what kerasprune.runs.exclusive does while a transfer runs
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert study.is_busy(cell, root=str(tree))
+        assert study.claim(cell, root=str(tree)) is None
         assert lock.read_text() == "pid 1 on elsewhere\n"  # the check leaves the holder's line alone
-    assert not study.is_busy(cell, root=str(tree))
+    last = study.claim(cell, root=str(tree))
+    assert last is not None
+    last.close()

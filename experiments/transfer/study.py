@@ -8,9 +8,10 @@ subprocess (cwd = the repository root) writing into
 ``transfer.log`` there, next to ``cell.json`` (what the cell is, for summarize.py). A cell is finished
 once its ``metrics.json`` exists; the command resumes a killed run, so rerunning the driver continues
 where it stopped. A source that does not exist yet is skipped with one line; a failed cell is logged
-and the driver goes on, then exits nonzero listing the failed cells. A cell whose folder another
-process holds (its run lock, ``kerasprune.runs.exclusive``) is left to that process, so two drivers
-can share the cores on one study.
+and the driver goes on, then exits nonzero listing the failed cells. A driver claims each cell
+before it runs it (a lock file in the cell's folder, held until the cell ends) and leaves a cell
+that another driver claimed, or that a ``kerasprune transfer`` of its own runs (its run lock), to
+that process: several drivers can share the cores on one study.
 
   python experiments/transfer/study.py                     # everything not yet finished
   python experiments/transfer/study.py --only mnist/g/p12  # cells whose id contains the text
@@ -41,6 +42,7 @@ from kerasprune.runs import CONFIG, FINAL_WEIGHTS, LOCK, METRICS, POINTS_CSV, RE
 STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study.toml")
 ENV_DEFAULTS = {"KERASPRUNE_THREADS": "1", "KERASPRUNE_DATA_DIR": "/work/shared/datasets"}
 CELL, LOG = "cell.json", "transfer.log"
+CLAIM = ".study.lock"  # a driver's claim on a cell; the run's own lock (LOCK) is taken by its subprocess
 KINDS = ("dense", "g", "oneshot", "reinit", "random_structure")  # the order of tables and legends
 
 
@@ -242,18 +244,36 @@ def is_finished(cell, root=ROOT):
     return os.path.isfile(os.path.join(root, cell.out, METRICS))
 
 
-def is_busy(cell, root=ROOT):
-    """True if another process holds the cell folder's run lock (another driver is running the cell)."""
-    path = os.path.join(root, cell.out, LOCK)
-    if not os.path.isfile(path):
-        return False
-    with open(path, "a+") as handle:  # "a+": does not truncate the holder's pid line
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+def _lock(path):
+    """An open file of ``path`` holding its lock (``fcntl.flock``, freed when the process dies), or None
+    if another process holds it. "a+": opening does not truncate the holder's pid line."""
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def claim(cell, root=ROOT):
+    """This driver's claim on ``cell``: an open file to close when the cell ends, or None if another
+    driver claimed it or a process holds its run lock (a ``kerasprune transfer`` started by hand).
+    Taking the claim is atomic, so two drivers never start one cell; the subprocess that runs it
+    takes the run lock a few seconds later, when TensorFlow has loaded."""
+    folder = os.path.join(root, cell.out)
+    os.makedirs(folder, exist_ok=True)
+    handle = _lock(os.path.join(folder, CLAIM))
+    if handle is None:
+        return None
+    run_lock = os.path.join(folder, LOCK)
+    if os.path.isfile(run_lock):
+        probe = _lock(run_lock)
+        if probe is None:  # a transfer is running the cell
+            handle.close()
+            return None
+        probe.close()  # closing frees the lock at once
+    return handle
 
 
 def env_for_cells(base=None):
@@ -326,13 +346,15 @@ def main(argv=None):
         if args.dry_run:
             print(f"{head} would run: {shlex.join(cell.command('python'))}", flush=True)
             continue
-        if is_busy(cell):
+        claimed = claim(cell)
+        if claimed is None:
             busy.append(cell.id)
             print(f"{head} busy {cell.id}: another process runs it", flush=True)
             continue
         print(f"{head} started {cell.id}", flush=True)
         began = time.time()
-        code, last = run_cell(cell, env)
+        with claimed:
+            code, last = run_cell(cell, env)
         ran += 1
         if code == 0 and is_finished(cell):
             with open(os.path.join(ROOT, cell.out, METRICS)) as f:
