@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 from kerasprune.distribute import strategy_flag
 from kerasprune.errors import KerasPruneError
 from kerasprune.pure import schedule
+from kerasprune.pure.inits import DEFAULT_INIT, INITS, init_of_older_folder
 from kerasprune.pure.schedule import SEARCH_RULES
 from kerasprune.pure.sparsity import DEFAULT_KINDS
 
@@ -214,20 +215,6 @@ class RunSettings:
                          max_test_examples=self.max_test_examples, **kwargs)
 
 
-# How a model's fresh weights are drawn (``kerasprune.models``): "authors" is PyTorch's default, which the
-# authors' code keeps for every network (EIDOSlab/LOBSTER's LeNet-300, LeNet-5 and ResNet-32 set no
-# init of their own): kernels and biases U(+-1/sqrt(fan_in)); "glorot" is Keras's default
-# (Glorot-uniform kernels, zero biases), kerasprune's LeNet init before session 10; "he" is He-normal
-# kernels with zero biases, kerasprune's ResNet-32 init before session 7.
-INITS = ("authors", "glorot", "he")
-
-
-def init_of_older_folder(model):
-    """The init a run folder written before the ``init`` setting existed (session 10) trained with:
-    the LeNets were built with Keras's defaults, ResNet-32 with the authors' since session 7."""
-    return "authors" if model == "resnet32" else "glorot"
-
-
 @dataclasses.dataclass
 class TrainingRun(RunSettings):
     """A run that trains one model from fresh weights: the shared settings plus its length, seed and
@@ -235,7 +222,7 @@ class TrainingRun(RunSettings):
 
     epochs: int = setting(10, "epochs to train", type=positive_int)
     seed: int = setting(0, "seed of initial weights and data order (same seed, same run)")
-    init: str = setting("authors", "initial weights: authors (PyTorch's default, as the authors' code: "
+    init: str = setting(DEFAULT_INIT, "initial weights: authors (PyTorch's default, as the authors' code: "
                                    "U(+-1/sqrt(fan_in)) kernels and biases), glorot (Keras's default: "
                                    "Glorot-uniform kernels, zero biases) or he (He-normal kernels, zero biases)",
                         choices=INITS)

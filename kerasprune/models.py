@@ -5,11 +5,10 @@ feeds it (the post-synaptic potential of the paper's eq. 2) is a tensor of the f
 a sub-model can expose. Models are built uncompiled and with standard layers only, so exported
 SavedModels load without kerasprune installed.
 """
-import math
 
 from kerasprune import data
 from kerasprune._keras import keras
-from kerasprune.config import INITS
+from kerasprune.pure.inits import INITS, authors_bound
 from kerasprune.registry import Registry
 
 MODELS = Registry("model")
@@ -53,7 +52,7 @@ def build_for(config, seed=None, dspec=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Initial weights (config.INITS). Every initializer is a fresh object per layer with no seed of its
+# Initial weights (kerasprune.pure.inits). Every initializer is a fresh object per layer with no seed of its
 # own, so each draws from the global seed ``build`` sets: the same seed gives the same weights.
 
 def _check_init(init):
@@ -75,7 +74,7 @@ def _bias_init(init, fan_in):
     output, kernel height x width x input channels for a convolution), zeros otherwise."""
     if init != "authors":
         return "zeros"
-    bound = 1.0 / math.sqrt(fan_in)
+    bound = authors_bound(fan_in)
     return keras.initializers.RandomUniform(-bound, bound)
 
 
@@ -88,7 +87,7 @@ def _dense(x, units, name, init):
 @MODELS.register("lenet300")
 def lenet300(input_shape, num_classes, hidden=(300, 100), init="authors"):
     """LeNet-300-100: a 784-300-100-10 perceptron (266,610 parameters on MNIST); ``init``: see
-    :data:`~kerasprune.config.INITS` (default: the authors', PyTorch's)."""
+    :data:`~kerasprune.pure.inits.INITS` (default: the authors', PyTorch's)."""
     _check_init(init)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Flatten(name="flatten")(inputs)
@@ -172,7 +171,7 @@ def _basic_block(x, filters, stride, name, init):
 def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64), init="authors"):
     """He et al.'s CIFAR ResNet-(6n+2), n=5: 3 stages of basic blocks, 16/32/64 filters,
     batch norm and option-A (parameter-free) shortcuts, as in akamaster/pytorch_resnet_cifar10 and
-    the authors' code; ``init``: see :data:`~kerasprune.config.INITS` (default: the authors')."""
+    the authors' code; ``init``: see :data:`~kerasprune.pure.inits.INITS` (default: the authors')."""
     _check_init(init)
     inputs = keras.Input(input_shape, name="image")
     x = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=_kernel_init(init),

@@ -25,9 +25,10 @@ import tomllib
 from typing import Callable, Dict, List, Optional
 
 from kerasprune import report, results, runs
-from kerasprune.config import INITS, LobsterConfig, RunSettings, TrainConfig, init_of_older_folder, setting
+from kerasprune.config import LobsterConfig, RunSettings, TrainConfig, setting
 from kerasprune.distribute import declare_strategy, is_chief, parse_strategy
 from kerasprune.errors import KerasPruneError
+from kerasprune.pure.inits import INITS, init_of_older_folder
 from kerasprune.pure.points import read_operating_points as read_points
 from kerasprune.registry import Registry
 from kerasprune.results import ResultsTable, file_lock, key_of

@@ -9,5 +9,6 @@ Modules: ``schedule`` (LOBSTER's plateau rule and threshold search), ``points`` 
 with a few hooks per Keras version), ``optimizer`` (what the two Lobster optimizers share besides the
 update), ``sparsity`` (parameter and neuron counts on kernel arrays, graph walks given a consumers
 function), ``psp`` (PSP capture plan, statistics to norms and entropies), ``eigen`` (eigen-solvers
-and trace estimate on a matrix-free operator).
+and trace estimate on a matrix-free operator), ``inits`` (the names of the initial-weight draws
+and what older run folders used).
 """
