@@ -1,6 +1,7 @@
 """experiments/transfer (issue 19's study driver and summary): the pure logic, no TensorFlow, no training."""
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -319,6 +320,20 @@ def test_g_against_oneshot_is_paired_by_seed(tree):
     assert summarize.g_against_oneshot([r for r in rows if r["kind"] == "g"], config).startswith("No level")
 
 
+def test_within_levels_removes_what_sparsity_does_to_both():
+    # Across the two levels entropy and accuracy go opposite ways (pooled rho -0.6); within each level
+    # the higher entropy has the higher accuracy: rho +1 once each level's mean is removed.
+    h, acc, levels = [1, 2, 5, 6], [0.80, 0.81, 0.60, 0.61], ["a", "a", "b", "b"]
+    assert summarize.spearman(h, acc) == pytest.approx(-0.6)
+    rho, p = summarize.within_levels(h, acc, levels, permutations=4000)
+    assert rho == pytest.approx(1.0)
+    # Shuffling within levels: 2 x 2 equally likely orderings, 2 of them (both kept, both swapped) reach |rho| 1.
+    assert p == pytest.approx(0.5, abs=0.03)
+    assert summarize.within_levels(h, acc, levels, permutations=500) == summarize.within_levels(
+        h, acc, levels, permutations=500)  # seeded
+    assert summarize.within_levels([1, 2, 3], [3, 2, 1], ["a", "b", "c"]) == (None, None)  # no level of two
+
+
 def test_entropy_correlation_over_sources(tree, tmp_path):
     config, cells = cells_of(tree)
     runs_dir = tree / "runs" / "transfer"
@@ -329,7 +344,10 @@ def test_entropy_correlation_over_sources(tree, tmp_path):
         fake_cell(runs_dir, pick[(name, "lin", 0)], acc, h1=h1, h2=h2)
     rows = summarize.read_rows(str(runs_dir))
     lines = summarize.entropy_correlations(rows, config).splitlines()
-    assert lines[2] == f"| a_to_b | lin | 4 | +1.00 ({2 / 24:.3f}) | -1.00 ({2 / 24:.3f}) |"
+    # Pooled: exact p over 4! orderings. Within levels: only the 90% level has two or more sources (3),
+    # and there too entropy and accuracy move together.
+    assert lines[2].startswith(f"| a_to_b | lin | 4 | +1.00 ({2 / 24:.3f}) | -1.00 ({2 / 24:.3f}) | 3 | +1.00 (")
+    assert re.fullmatch(r".* \| 3 \| \+1\.00 \(0\.\d{3}\) \| -1\.00 \(0\.\d{3}\) \|", lines[2])
     assert len(lines) == 3  # "few" has no cells: no row
     assert "Fewer than 3" in summarize.entropy_correlations(rows[:2], config)
     results = tmp_path / "results"

@@ -39,7 +39,7 @@ RESULTS = os.path.join(study.ROOT, "experiments", "results", "transfer")
 RUNS = os.path.join(study.ROOT, "runs", "transfer")
 MARKERS_NAME = "table:transfer"  # <!-- table:transfer --> ... <!-- /table:transfer --> in README.md
 TESTS_MARKERS_NAME = "table:transfer-tests"  # the G-vs-1-S and entropy-correlation tables
-PERMUTATIONS = 20_000  # Monte Carlo permutations of a correlation's p-value (exact below EXACT_UP_TO sources)
+PERMUTATIONS = 10_000  # seeded permutations of a p-value (pooled: exact up to EXACT_UP_TO sources)
 EXACT_UP_TO = 8
 COLUMNS = ("direction", "source", "level", "kind", "source_pruned_params_pct", "regime", "seed", "test_accuracy",
            "psp_entropy_1", "psp_entropy_2", "train_examples", "epochs_completed")
@@ -248,12 +248,51 @@ def permutation_p(x, y, seed=0, permutations=PERMUTATIONS):
     return hits / len(orderings)
 
 
+def within_levels(x, y, levels, seed=0, permutations=PERMUTATIONS):
+    """Spearman's rho between ``x`` and ``y`` once each level's mean is taken from both (levels of at least
+    two sources), and its two-sided p-value with ``y`` shuffled within each level (seeded): whether ``x``
+    predicts ``y`` among sources of one sparsity, which the pooled rho cannot tell from sparsity's own
+    effect. ``(None, None)`` with fewer than 3 such sources or a constant side."""
+    import random
+
+    members = {}
+    for i, level in enumerate(levels):
+        members.setdefault(level, []).append(i)
+    kept = [idx for idx in members.values() if len(idx) >= 2]
+    if sum(len(idx) for idx in kept) < 3:
+        return None, None
+
+    def centred(values):
+        out = []
+        for idx in kept:
+            mean = statistics.fmean(values[i] for i in idx)
+            out += [values[i] - mean for i in idx]
+        return out
+
+    xc = centred(x)
+    observed = spearman(xc, centred(y))
+    if observed is None:
+        return None, None
+    rng, shuffled, hits = random.Random(seed), list(y), 0
+    for _ in range(permutations):
+        for idx in kept:
+            values = [y[i] for i in idx]
+            rng.shuffle(values)
+            for i, v in zip(idx, values):
+                shuffled[i] = v
+        hits += abs(spearman(xc, centred(shuffled)) or 0.0) >= abs(observed) - 1e-12
+    return observed, hits / permutations
+
+
 def entropy_correlations(rows, config=None):
     """The markdown table of Spearman's rho between each source's mean PSP-entropy (first and second
-    order, on the target data) and its mean target accuracy, over the sources of a direction x regime."""
+    order, on the target data) and its mean target accuracy, over the sources of a direction x regime:
+    pooled over every source, and within sparsity levels (:func:`within_levels`)."""
     by_source, ordered, regimes = groups(rows, config)
     directions = list(dict.fromkeys(d for d, _ in ordered))
-    lines = ["| direction | regime | sources | rho, first order (p) | rho, second order (p) |", "|---|---|---|---|---|"]
+    lines = ["| direction | regime | sources | rho, first order (p) | rho, second order (p) "
+             "| within levels: sources | rho, first order (p) | rho, second order (p) |",
+             "|---|---|---|---|---|---|---|---|"]
     for direction in directions:
         for regime in regimes:
             points = []
@@ -263,15 +302,20 @@ def entropy_correlations(rows, config=None):
                 if rs:
                     points.append((statistics.fmean(r["psp_entropy_1"] for r in rs),
                                    statistics.fmean(r["psp_entropy_2"] for r in rs),
-                                   statistics.fmean(r["test_accuracy"] for r in rs)))
+                                   statistics.fmean(r["test_accuracy"] for r in rs), rs[0]["level"]))
             if len(points) < 3:
                 continue
-            h1, h2, acc = zip(*points)
+            h1, h2, acc, levels = zip(*points)
             cells = []
             for h in (h1, h2):
                 rho = spearman(h, acc)
                 cells.append("-" if rho is None else f"{rho:+.2f} ({permutation_p(h, acc):.3f})")
-            lines.append(f"| {direction} | {regime} | {len(points)} | {cells[0]} | {cells[1]} |")
+            sizes = [levels.count(level) for level in levels]
+            cells.append(str(sum(size >= 2 for size in sizes)))
+            for h in (h1, h2):
+                rho, p = within_levels(h, acc, levels)
+                cells.append("-" if rho is None else f"{rho:+.2f} ({p:.3f})")
+            lines.append(f"| {direction} | {regime} | {len(points)} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return "Fewer than 3 sources measured in every direction and regime: no correlation yet."
     return "\n".join(lines)
@@ -285,7 +329,9 @@ def tests_text(rows, config=None):
             f"Does PSP-entropy predict transfer? Spearman's rank correlation between each source's mean "
             f"PSP-entropy on the target data and its mean target accuracy, over every source of a direction "
             f"(dense and all sparsity levels) and regime; p: two-sided permutation p-value (exact up to "
-            f"{EXACT_UP_TO} sources, else {PERMUTATIONS:,} seeded permutations):\n\n"
+            f"{EXACT_UP_TO} sources, else {PERMUTATIONS:,} seeded permutations). Pooled over levels, sparsity "
+            f"moves entropy and accuracy together; \"within levels\" takes each level's mean from both (levels "
+            f"with at least two sources, so not the dense one) and shuffles accuracies within levels only:\n\n"
             f"{entropy_correlations(rows, config)}")
 
 
