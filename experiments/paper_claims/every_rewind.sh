@@ -11,8 +11,6 @@ cd "$(dirname "$0")/../.." || exit 1
 sweep=${1:?usage: every_rewind.sh SWEEP [SEED]}
 export KERASPRUNE_THREADS=${KERASPRUNE_THREADS:-1}
 export KERASPRUNE_DATA_DIR=${KERASPRUNE_DATA_DIR:-/work/shared/datasets}
-point=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['g_point'])" "$sweep/exports.json") || exit 1
-rewinds=$sweep/runs/lottery_rewind/point_$(printf %03d "$point")
 if [ -n "$2" ]; then
   seed=$2
   out=$sweep/rewinds/seed_$seed
@@ -22,6 +20,8 @@ if [ -n "$2" ]; then
   echo "$out done"
   exit 0
 fi
+point=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['g_point'])" "$sweep/exports.json") || exit 1
+rewinds=$sweep/runs/lottery_rewind/point_$(printf %03d "$point")
 python -m kerasprune export "$rewinds" --recursive --no-compact --no-eval \
   --export-dir "$sweep/rewind_exports" >> "$sweep.rewinds.log" 2>&1 || exit 1
 # Folders only (the sweep keeps seed_S.lock files beside them); xargs exits non-zero if any seed failed.
