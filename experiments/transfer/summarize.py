@@ -366,7 +366,8 @@ def plot(rows, path, config=None):
                 mean, std, _ = stats([100 * r["test_accuracy"] for r in rs])
                 filled = directions.index(direction) == 0
                 ax.errorbar(x, mean, yerr=std or 0, fmt=MARKERS.get(rs[0]["kind"], "D"), color=colours[regime],
-                            markerfacecolor=colours[regime] if filled else "none", markersize=8, capsize=2)
+                            markerfacecolor=colours[regime] if filled else "none", capsize=2,
+                            markersize=12 if rs[0]["kind"] == "g" else 8)  # a star draws smaller than the rest
         ax.set_xlabel(label)
         ax.set_ylabel("target test accuracy (%)")
         ax.grid(alpha=0.3)
