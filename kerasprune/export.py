@@ -24,6 +24,7 @@ from kerasprune.config import RunSettings
 from kerasprune.distribute import is_chief
 from kerasprune.errors import KerasPruneError
 from kerasprune.lobster import load_operating_point
+from kerasprune.pure.inits import init_of_run
 from kerasprune.pure.points import read_operating_points
 from kerasprune.sparsity import has_wrappers  # noqa: F401  (export.has_wrappers, as before)
 from kerasprune.training import export_saved_model
@@ -209,7 +210,7 @@ def build_from_run(run_dir):
     """``(model, config)``: the (uncompiled) model named in the run's ``config.json``, built for its
     dataset (:func:`kerasprune.models.build_for`), and that config as written."""
     config = runs.read_config(run_dir)
-    return models.build_for(runs.read_config(run_dir, RunSettings)), config
+    return models.build_for(runs.read_config(run_dir, RunSettings), init=init_of_run(config)), config
 
 
 def load_weights(model, weights):

@@ -35,19 +35,21 @@ def build(name, input_shape=None, num_classes=10, seed=None, **options):
     return factory(tuple(input_shape), num_classes, **options)
 
 
-def build_for(config, seed=None, dspec=None):
+def build_for(config, seed=None, dspec=None, init=None):
     """The uncompiled model a run's settings describe: ``config.model`` (a :class:`~kerasprune.config.RunSettings`
     or any config with ``model``, ``dataset`` and ``data_dir``) shaped for ``config.dataset``'s inputs and
     classes (``dspec``: that dataset's spec, when the caller has it already).
 
     The one place a config becomes a model: training, LOBSTER and the one-shot retrainings build
-    through it, and so does every reader of a run folder, as
-    ``build_for(runs.read_config(run_dir, RunSettings))``. It lives here, not in the TensorFlow-free
+    through it, and so does every reader of a run folder, as ``build_for(runs.read_config(run_dir,
+    RunSettings), init=init_of_run(runs.read_config(run_dir)))``. ``init`` (else ``config.init``, else
+    the builder's default) matters to a reader too: the weights it loads replace the draw, but the
+    layers keep their initializers, which a transfer's new head copies. It lives here, not in the TensorFlow-free
     :mod:`kerasprune.runs`, because building a model imports Keras anyway.
     """
     dspec = dspec or data.spec(config.dataset, config.data_dir)
-    # A config without ``init`` (RunSettings: a reader that loads trained weights) takes the default.
-    options = {"init": config.init} if getattr(config, "init", None) else {}
+    init = init or getattr(config, "init", None)  # neither: the builder's default
+    options = {"init": init} if init else {}
     return build(config.model, input_shape=dspec.input_shape, num_classes=dspec.num_classes, seed=seed, **options)
 
 

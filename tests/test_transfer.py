@@ -269,3 +269,25 @@ def test_flags_are_made_from_the_config_fields_so_their_defaults_cannot_drift():
             parse(*bad)
     with pytest.raises(SystemExit):  # --source is required
         cli.build_parser().parse_args(["transfer", "--dataset", "mnist", "--out", "o"])
+
+
+def test_a_source_is_rebuilt_with_its_runs_init_so_the_new_head_is_drawn_alike(tmp_path):
+    """The new head copies the source classifier's initializers, and a source is rebuilt from its run
+    folder before its weights are loaded: rebuilt with today's default init, a Glorot run (every run
+    from before the init setting) would get heads drawn another way than the study's earlier cells."""
+    from kerasprune import export
+    from kerasprune.lobster import load_operating_point
+
+    for init, bias in [(None, "Zeros"), ("glorot", "Zeros"), ("authors", "RandomUniform")]:
+        folder = tmp_path / f"run_{init}"
+        folder.mkdir()
+        runs.write_json(str(folder / runs.CONFIG), {"model": "lenet5", "dataset": "mnist",
+                                                    **({"init": init} if init else {})})
+        model, _ = export.build_from_run(str(folder))
+        head = transfer.classifier_layer(transfer.replace_head(model, 10, seed=0))
+        assert type(head.bias_initializer).__name__ == bias, init
+        # A LOBSTER folder's operating point too.
+        model.save_weights(str(folder / "p0.weights.h5"))
+        (folder / "operating_points.csv").write_text("point,pruned_params_pct,weights\n0,0.0,p0.weights.h5\n")
+        point = load_operating_point(str(folder), 0)
+        assert type(point.get_layer("logits").bias_initializer).__name__ == bias, init

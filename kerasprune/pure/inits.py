@@ -23,6 +23,12 @@ def init_of_older_folder(model):
     return "authors" if model == "resnet32" else "glorot"
 
 
+def init_of_run(saved):
+    """The init the run whose ``config.json`` holds ``saved`` drew its model with: its ``init``, else
+    (a folder from before the setting, or a run kind without one) :func:`init_of_older_folder`."""
+    return saved.get("init") or init_of_older_folder(saved.get("model"))
+
+
 def authors_bound(fan_in):
     """Half-width of PyTorch's default uniform draws for a layer with ``fan_in`` inputs per unit."""
     return 1.0 / math.sqrt(fan_in)
