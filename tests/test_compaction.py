@@ -131,7 +131,9 @@ def test_dead_conv_filters_are_folded_through_relu_max_pool_and_flatten(mnist_im
 
 
 def test_removed_units_are_exactly_the_pruned_neurons_of_a_trained_pruned_lenet300(mnist_small, mnist_images):
-    model = models.build("lenet300", seed=0)
+    # Glorot: the accuracy bar below was set on a Keras-default LeNet-300; after one epoch on the small
+    # split, the authors' init (smaller first-layer weights) keeps 67% once pruned this hard.
+    model = models.build("lenet300", seed=0, init="glorot")
     training.compile_model(model, training.make_optimizer("sgd", lr=0.1))
     model.fit(mnist_small.train, epochs=1, verbose=0)
     weights = model.get_weights()

@@ -177,7 +177,7 @@ def _case(results, name):
 def test_mirrored_training_on_two_cpus_gives_the_single_device_weights(two_devices):
     r = _case(two_devices, "plain_training")
     assert r["replicas"] == 2 and r["per_replica_batch"] == 50
-    assert r["moved_by_training"] > 0.05  # training really changed the weights...
+    assert r["moved_by_training"] > 0.01  # training really changed the weights (1000x the tolerance below)...
     assert r["max_weight_diff"] < 1e-5  # ...and both strategies changed them the same way
     assert r["test_loss"][0] == pytest.approx(r["test_loss"][1], rel=1e-5)
     assert r["epochs_completed"] == [1, 1]
