@@ -311,12 +311,14 @@ def test_g_against_oneshot_is_paired_by_seed(tree):
     o = {r["seed"]: r["test_accuracy"] for r in rows if r["source"] == "m/oneshot/p5" and r["regime"] == "few"}
     mean, se, n = summarize.paired_difference(g, o)
     assert (mean, n) == (pytest.approx(2.0), 3) and se == pytest.approx(1 / 3 ** 0.5)  # std of (2, 3, 1) is 1
-    assert summarize.verdict(mean, se) == "G better"  # 2 > 2 x 0.577
-    assert summarize.verdict(-1.0, 0.6) == "within noise" and summarize.verdict(-2.0, 0.6) == "1-S better"
+    assert summarize.verdict(mean, se, n) == "within noise"  # 2 < t(2 df) 4.303 x 0.577 = 2.48
+    assert summarize.verdict(2.6, se, n) == "G better" and summarize.verdict(-2.6, se, 3) == "1-S better"
+    assert summarize.verdict(2.6, se, 2) == "within noise"  # t(1 df) = 12.7
+    assert summarize.t_975(4) == 2.776 and summarize.t_975(12) == 2.228 and summarize.t_975(500) == 1.980
     lines = summarize.g_against_oneshot(rows, config).splitlines()
     assert len(lines) == 4  # header, rule, lin, few: the re-init is not part of the comparison
     assert lines[2].startswith("| a_to_b | 90% | lin | 90.00 (1) | 91.00 (1) | -1.00 | 1 | one seed")
-    assert lines[3].endswith("| +2.00 ± 0.58 | 3 | G better |")
+    assert lines[3].endswith("| +2.00 ± 0.58 | 3 | within noise |")
     assert summarize.g_against_oneshot([r for r in rows if r["kind"] == "g"], config).startswith("No level")
 
 

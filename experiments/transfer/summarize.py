@@ -172,11 +172,23 @@ def paired_difference(a, b):
     return mean, (std / n ** 0.5 if std is not None else None), n
 
 
-def verdict(mean, se):
-    """Which side a paired difference favours: beyond two standard errors, else "within noise"."""
+# Student's t, two-sided 95% (the 0.975 quantile), by degrees of freedom; a df between two rows takes
+# the lower row's (larger) value. Printed tables' values: scipy is not a dependency for a dozen numbers.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000, 120: 1.980}
+
+
+def t_975(df):
+    """The two-sided 95% critical value of Student's t with ``df`` degrees of freedom (>= 1)."""
+    return T_975[max(k for k in T_975 if k <= df)]
+
+
+def verdict(mean, se, n):
+    """Which side a paired difference of ``n`` seeds favours: beyond its two-sided 95% interval
+    (Student's t with n - 1 degrees of freedom: 2.78 standard errors at 5 seeds), else "within noise"."""
     if se is None:
         return "one seed: no error bar"
-    if abs(mean) <= 2 * se:
+    if abs(mean) <= t_975(n - 1) * se:
         return "within noise"
     return "G better" if mean > 0 else "1-S better"
 
@@ -201,7 +213,7 @@ def g_against_oneshot(rows, config=None):
                 continue
             diff = f"{mean:+.2f} ± {se:.2f}" if se is not None else f"{mean:+.2f}"
             lines.append(f"| {direction} | {level} | {regime} | {cell_text(list(g.values()))} | "
-                         f"{cell_text(list(o.values()))} | {diff} | {n} | {verdict(mean, se)} |")
+                         f"{cell_text(list(o.values()))} | {diff} | {n} | {verdict(mean, se, n)} |")
     if len(lines) == 2:
         return "No level has both G and 1-S measured yet."
     return "\n".join(lines)
@@ -324,7 +336,9 @@ def entropy_correlations(rows, config=None):
 def tests_text(rows, config=None):
     """Both tables of the tests block, with what they mean."""
     return (f"G against 1-S at the same mask (target test accuracy %, mean ± std (n); the difference paired "
-            f"by seed, ± its standard error; \"within noise\": within two standard errors):\n\n"
+            f"by seed, ± its standard error; \"within noise\": inside its two-sided 95% interval, Student's t "
+            f"with n - 1 degrees of freedom; each row is its own test, so about one row in twenty says "
+            f"\"better\" by chance):\n\n"
             f"{g_against_oneshot(rows, config)}\n\n"
             f"Does PSP-entropy predict transfer? Spearman's rank correlation between each source's mean "
             f"PSP-entropy on the target data and its mean target accuracy, over every source of a direction "
