@@ -198,6 +198,12 @@ class RunSettings:
         was the behaviour before the field existed (e.g. ``weight_decay`` 0)."""
         return {f.name: f.default for f in dataclasses.fields(RunSettings) if f.default is not dataclasses.MISSING}
 
+    @classmethod
+    def read_saved(cls, saved, legacy=None):
+        """A run folder's ``config.json`` (``saved``) as this version compares it with a new config:
+        the settings it lacks filled in (:meth:`older_folder_settings`, then ``legacy``'s)."""
+        return {**cls.older_folder_settings(saved), **(legacy or {}), **saved}
+
     def make_optimizer(self):
         """The base optimizer these settings describe (:func:`kerasprune.optimizers.make_optimizer`):
         use this rather than passing the fields one by one, so no optimizer setting is left out."""
@@ -342,7 +348,8 @@ class TransferConfig(RunSettings):
             self.model = model
         if not self.source:
             raise KerasPruneError("a transfer needs a source: a run folder or a SavedModel directory")
-        self.source = os.path.abspath(self.source)  # the same source from any working directory
+        # The same source from any working directory or checkout (runs/ may be a symlink per worktree).
+        self.source = os.path.realpath(self.source)
         self.mask_kinds = tuple(self.mask_kinds)
         if self.probe not in PROBES:
             raise KerasPruneError(f"probe must be one of {', '.join(PROBES)}, got {self.probe!r}")
@@ -362,6 +369,15 @@ class TransferConfig(RunSettings):
         if unknown or not self.mask_kinds:
             raise KerasPruneError(f"mask_kinds must be a non-empty subset of {', '.join(DEFAULT_KINDS)}; "
                                   f"got {', '.join(self.mask_kinds) or 'nothing'}")
+
+    @classmethod
+    def read_saved(cls, saved, legacy=None):
+        """:meth:`RunSettings.read_saved`, with the source's real path: folders written before it
+        was resolved hold the path as given, e.g. through another checkout's ``runs`` symlink."""
+        values = super().read_saved(saved, legacy)
+        if values.get("source"):
+            values["source"] = os.path.realpath(values["source"])
+        return values
 
     @property
     def draw_seed(self):

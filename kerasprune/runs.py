@@ -173,16 +173,15 @@ def start(out, config, stage, resumable=("epochs",), legacy=None):
     A ``config.json`` already there must hold the same settings but ``resumable``
     (:func:`check_same_config`). A setting it lacks was added since the folder was written, when
     every run behaved as ``config.older_folder_settings`` says (e.g. ``weight_decay`` 0, a LeNet's
-    ``init`` glorot) or as ``legacy`` says (LOBSTER's first threshold rule): this and
-    :func:`read_config` are the places that defaulting is done, for every run kind. Returns what ``stage`` recorded if it has finished in ``out``
+    ``init`` glorot) or as ``legacy`` says (LOBSTER's first threshold rule): ``config.read_saved``,
+    here and in :func:`read_config`, does that defaulting for every run kind. Returns what ``stage`` recorded if it has finished in ``out``
     (:func:`finished`; the caller decides whether that run is the one asked for). Otherwise it
     writes ``config.json`` (the chief of a multi-worker run only) and returns None: the run goes on.
     """
     path = run_file(out, CONFIG)
     wanted = dataclasses.asdict(config)
     if os.path.isfile(path):
-        stored = read_json(path)
-        saved = {**config.older_folder_settings(stored), **(legacy or {}), **stored}
+        saved = config.read_saved(read_json(path), legacy)
         check_same_config(saved, wanted, out, resumable)
     done = finished(out, stage)
     if done is not None:
@@ -235,8 +234,8 @@ def read_config(run_dir, kind=None, legacy=None):
     if kind is None:
         return saved
     names = {f.name for f in dataclasses.fields(kind) if f.init}
-    older = kind.older_folder_settings(saved) if hasattr(kind, "older_folder_settings") else {}
-    return kind(**{k: v for k, v in {**older, **(legacy or {}), **saved}.items() if k in names})
+    values = kind.read_saved(saved, legacy) if hasattr(kind, "read_saved") else {**(legacy or {}), **saved}
+    return kind(**{k: v for k, v in values.items() if k in names})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -188,3 +188,27 @@ def test_the_model_of_a_run_folder_is_built_from_its_config(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), same))
     with pytest.raises(KerasPruneError, match=f"{tmp_path / 'none'} is not a run folder: it has no config.json"):
         runs.read_config(str(tmp_path / "none"))
+
+
+def test_a_transfer_resumes_through_another_checkouts_runs_symlink(tmp_path):
+    """Each worktree has its own ``runs`` symlink to one shared folder: the source path a transfer
+    recorded through one of them names the same source as the path through another."""
+    from kerasprune.config import TransferConfig
+
+    (tmp_path / "shared" / "source").mkdir(parents=True)
+    for checkout in ("a", "b"):
+        (tmp_path / checkout).mkdir()
+        (tmp_path / checkout / "runs").symlink_to(tmp_path / "shared")
+    out = tmp_path / "cell"
+    out.mkdir()
+    written = dataclasses.asdict(TransferConfig(source=str(tmp_path / "a" / "runs" / "source")))
+    written["source"] = str(tmp_path / "a" / "runs" / "source")  # as the code before realpath wrote it
+    runs.write_json(str(out / runs.CONFIG), written)
+    (out / runs.HISTORY).write_text("epoch,loss\n0,1.0\n")  # an epoch finished: a refusal would be kept
+    config = TransferConfig(source=str(tmp_path / "b" / "runs" / "source"))
+    assert config.source == str((tmp_path / "shared" / "source").resolve())
+    assert runs.start(str(out), config, "transfer", resumable=("epochs", "export_dir")) is None
+    assert runs.read_config(str(out), TransferConfig).source == config.source
+    with pytest.raises(KerasPruneError, match="another configuration"):  # a different source still is one
+        (tmp_path / "shared" / "other").mkdir()
+        runs.start(str(out), TransferConfig(source=str(tmp_path / "shared" / "other")), "transfer")
