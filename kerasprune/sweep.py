@@ -28,7 +28,7 @@ from kerasprune import report, results, runs
 from kerasprune.config import LobsterConfig, RunSettings, TrainConfig, setting
 from kerasprune.distribute import declare_strategy, is_chief, parse_strategy
 from kerasprune.errors import KerasPruneError
-from kerasprune.pure.inits import INITS, init_of_older_folder
+from kerasprune.pure.inits import INITS, init_of_run
 from kerasprune.pure.points import read_operating_points as read_points
 from kerasprune.registry import Registry
 from kerasprune.results import ResultsTable, file_lock, key_of
@@ -133,8 +133,7 @@ class SweepConfig(RunSettings):
         """``init`` when the file does not set it: the LOBSTER run's (``lobster_dir``), else the [lobster]
         table's, else LobsterConfig's default."""
         if self.lobster_dir:
-            theirs = _lobster_config(self.lobster_dir)
-            return theirs.get("init") or init_of_older_folder(theirs.get("model", self.model))
+            return init_of_run({"model": self.model, **_lobster_config(self.lobster_dir)})
         if isinstance(self.lobster, LobsterConfig):
             return self.lobster.init
         table = self.lobster if isinstance(self.lobster, dict) else {}  # another type: _lobster_config says so
@@ -357,7 +356,7 @@ def _lobster_config(lobster_dir):
 def _check_same_setup(config, lobster_dir):
     theirs = _lobster_config(lobster_dir)
     if theirs:  # a folder from before the init setting ran with the init of its time
-        theirs = {**theirs, "init": theirs.get("init") or init_of_older_folder(theirs.get("model"))}
+        theirs = {**theirs, "init": init_of_run(theirs)}
     ours = {**config.settings(), "init": config.init}
     wrong = [f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in SAME_SETUP
              if k in theirs and theirs[k] != ours[k]]
