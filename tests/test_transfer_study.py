@@ -385,3 +385,19 @@ def test_one_driver_claims_a_cell_and_a_running_transfer_keeps_it(tree):
     last = study.claim(cell, root=str(tree))
     assert last is not None
     last.close()
+
+
+def test_cells_in_the_committed_table_count_as_finished(tree, tmp_path):
+    """A fresh machine has no run folders of earlier sessions: their rows in the committed results.csv
+    keep the driver from running those cells again."""
+    _, cells = cells_of(tree)
+    done, other = cells[0], cells[1]
+    table = tmp_path / "results.csv"
+    table.write_text("direction,source,level,kind,source_pruned_params_pct,regime,seed,test_accuracy\n"
+                     f"{done.source.direction},{done.source.name},dense,dense,0.0,{done.regime},{done.seed},0.9\n")
+    committed = study.committed_cells(str(table))
+    assert committed == {done.id}
+    assert study.is_finished(done, root=str(tree), committed=committed)
+    assert not study.is_finished(done, root=str(tree))
+    assert not study.is_finished(other, root=str(tree), committed=committed)
+    assert study.committed_cells(str(tmp_path / "missing.csv")) == frozenset()

@@ -6,8 +6,10 @@ and which sources are still missing is decided in one place, without TensorFlow.
 subprocess (cwd = the repository root) writing into
 ``runs/transfer/<direction>/<source name>/<regime>/seed_<S>/``, its output appended to
 ``transfer.log`` there, next to ``cell.json`` (what the cell is, for summarize.py). A cell is finished
-once its ``metrics.json`` exists; the command resumes a killed run, so rerunning the driver continues
-where it stopped. A source that does not exist yet is skipped with one line; a failed cell is logged
+once its ``metrics.json`` exists, or once the committed ``experiments/results/transfer/results.csv``
+holds its row (summarize.py writes it), so a fresh machine without the earlier sessions' run folders
+does not run them again; the command resumes a killed run, so rerunning the driver continues where it
+stopped. A source that does not exist yet is skipped with one line; a failed cell is logged
 and the driver goes on, then exits nonzero listing the failed cells. A driver claims each cell
 before it runs it (a lock file in the cell's folder, held until the cell ends) and leaves a cell
 that another driver claimed, or that a ``kerasprune transfer`` of its own runs (its run lock), to
@@ -22,6 +24,7 @@ Environment of the cells: ``KERASPRUNE_THREADS`` (default 1) and ``KERASPRUNE_DA
 /work/shared/datasets), unless already set.
 """
 import argparse
+import csv
 import dataclasses
 import fcntl
 import glob
@@ -40,6 +43,7 @@ from kerasprune.pure.points import read_operating_points  # noqa: E402  (no Tens
 from kerasprune.runs import CONFIG, FINAL_WEIGHTS, LOCK, METRICS, POINTS_CSV, RESULT  # noqa: E402  (nor here)
 
 STUDY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study.toml")
+COMMITTED = os.path.join(ROOT, "experiments", "results", "transfer", "results.csv")
 ENV_DEFAULTS = {"KERASPRUNE_THREADS": "1", "KERASPRUNE_DATA_DIR": "/work/shared/datasets"}
 CELL, LOG = "cell.json", "transfer.log"
 CLAIM = ".study.lock"  # a driver's claim on a cell; the run's own lock (LOCK) is taken by its subprocess
@@ -240,8 +244,18 @@ def select(cells, only):
     return [c for c in cells if not only or any(text in c.id for text in only)]
 
 
-def is_finished(cell, root=ROOT):
-    return os.path.isfile(os.path.join(root, cell.out, METRICS))
+def committed_cells(path=COMMITTED):
+    """The ids of the cells that the committed results table holds (none if it does not exist)."""
+    if not os.path.isfile(path):
+        return frozenset()
+    with open(path, newline="") as f:
+        return frozenset(f"{r['direction']}/{r['source']}/{r['regime']}/seed_{int(r['seed'])}"
+                         for r in csv.DictReader(f))
+
+
+def is_finished(cell, root=ROOT, committed=frozenset()):
+    """Its ``metrics.json`` exists here, or its row is among ``committed`` (see committed_cells)."""
+    return cell.id in committed or os.path.isfile(os.path.join(root, cell.out, METRICS))
 
 
 def _lock(path):
@@ -324,13 +338,17 @@ def main(argv=None):
     parser.add_argument("--dry-run", action="store_true",
                         help="print the commands of the unfinished cells, run nothing")
     parser.add_argument("--list", action="store_true", help="print every selected cell and its state, run nothing")
+    parser.add_argument("--committed", default=COMMITTED, metavar="CSV",
+                        help="results table whose cells count as finished (default: the committed one; "
+                             "'' for none: run every cell without a metrics.json here)")
     args = parser.parse_args(argv)
     config = load_study(args.study)
+    committed = committed_cells(args.committed) if args.committed else frozenset()
     cells = select(enumerate_cells(config, resolve_sources(config)), args.only)
     if args.list:
         for cell in cells:
             state = ("skipped: " + cell.source.skip if cell.source.skip else
-                     "done" if is_finished(cell) else "to do")
+                     "done" if is_finished(cell, committed=committed) else "to do")
             print(f"{cell.id}  {state}")
         return 0
     for line in skip_lines(cells):
@@ -340,7 +358,7 @@ def main(argv=None):
     start, failed, busy, ran = time.time(), [], [], 0
     for k, cell in enumerate(runnable, start=1):
         head = f"[{k}/{len(runnable)} {_clock(time.time() - start)}]"
-        if is_finished(cell):
+        if is_finished(cell, committed=committed):
             print(f"{head} done {cell.id}", flush=True)
             continue
         if args.dry_run:
@@ -365,7 +383,7 @@ def main(argv=None):
             failed.append(cell.id)
             print(f"{head} FAILED {cell.id} (exit {code}, {os.path.join(cell.out, LOG)}): {last}", flush=True)
     skipped = len(cells) - len(runnable)
-    print(f"{len(cells)} cells selected: {sum(is_finished(c) for c in runnable)} finished, {ran} run now, "
+    print(f"{len(cells)} cells selected: {sum(is_finished(c, committed=committed) for c in runnable)} finished, {ran} run now, "
           f"{len(failed)} failed, {len(busy)} left to another process, {skipped} skipped (source missing); "
           f"{_clock(time.time() - start)}")
     if failed:
