@@ -49,6 +49,7 @@ class Method:
     fresh_init: bool = False  # initialised from a fresh seed, never LOBSTER's (:meth:`_Context.fresh_init_seed`)
     variants: Optional[str] = None  # the SweepConfig field that lists its variants (one run each)
     per_seed: bool = False  # one run per seed covers every point (a chain of rounds)
+    uses_mask: bool = False  # needs LOBSTER's weights at its point (:meth:`_Context.mask`)
 
 
 METHODS = Registry("sweep method")  # registered in Figure 1's order, which a sweep runs and results.csv keeps
@@ -400,7 +401,21 @@ class _Context:
         self.keys = {k for j in jobs for k in j.keys(self.points)}
         self.total = len(self.keys)
         self.finished = self.finished_before = len(self.keys & done)
+        self._check_point_weights([j for j in jobs if not all(k in done for k in j.keys(self.points))])
         print(f"[sweep] {self.total} runs, {self.finished} already done", flush=True)
+
+    def _check_point_weights(self, pending):
+        """Fails in one line before any run if a pending run needs a LOBSTER point whose weights are
+        gone (a run carried across machines keeps only the points packed with it), not at that run."""
+        needed = sorted({j.point for j in pending if METHODS[j.method].uses_mask})
+        missing = [p for p in needed
+                   if not os.path.isfile(os.path.join(self.lobster_dir, self.by_point[p]["weights"]))]
+        if missing:
+            raise KerasPruneError(
+                f"{self.lobster_dir} has no weights of points {missing}, which runs of "
+                f"{', '.join(m for m in METHODS if METHODS[m].uses_mask)} still need (a carried run keeps only "
+                "the points packed with `experiments/carry.py pack --points`); restore them, or rerun only "
+                "--methods that do not use LOBSTER's masks")
 
     def mask(self, point):
         if point not in self._masks:
@@ -472,7 +487,7 @@ class _Context:
 # ---------------------------------------------------------------------------------------------
 # The baselines (Figure 1's order). ``config`` is the run's TrainConfig; docs/sweep.md describes each.
 
-@method("lottery_rewind")
+@method("lottery_rewind", uses_mask=True)
 def _lottery_rewind(ctx, job, config, run_dir, verbose):
     """Frankle & Carbin: LOBSTER's mask on LOBSTER's initial weights."""
     from kerasprune import oneshot
@@ -481,7 +496,7 @@ def _lottery_rewind(ctx, job, config, run_dir, verbose):
     return oneshot.lottery_rewind(config, run_dir, ctx.mask(job.point), initial, verbose=verbose)
 
 
-@method("random_reinit", fresh_init=True)
+@method("random_reinit", fresh_init=True, uses_mask=True)
 def _random_reinit(ctx, job, config, run_dir, verbose):
     """Liu et al.: LOBSTER's mask on a fresh initialisation."""
     from kerasprune import oneshot
@@ -489,7 +504,7 @@ def _random_reinit(ctx, job, config, run_dir, verbose):
     return oneshot.random_reinit(config, run_dir, ctx.mask(job.point), verbose=verbose)
 
 
-@method("random_structure", fresh_init=True)
+@method("random_structure", fresh_init=True, uses_mask=True)
 def _random_structure(ctx, job, config, run_dir, verbose):
     """A random mask keeping LOBSTER's count in every tensor, drawn from (seed, point), on a fresh init."""
     from kerasprune import oneshot

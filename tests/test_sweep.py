@@ -314,6 +314,22 @@ def test_sweep_refuses_a_lobster_dir_of_another_setup_and_points_it_does_not_hav
         sweep.run(tiny(lobster_dir, points=[1, 7]), str(tmp_path / "b"), verbose=0)
 
 
+def test_sweep_without_a_needed_points_weights_fails_in_one_line_before_any_run(tmp_path, lobster_dir):
+    """A LOBSTER run carried to a new machine keeps only the points packed with it: the sweep must say
+    so before it starts, not with an h5py traceback at the first rewind of that point."""
+    carried = str(tmp_path / "lobster")
+    shutil.copytree(lobster_dir, carried)
+    row = next(p for p in sweep.read_operating_points(carried) if p["point"] == 1)
+    os.remove(os.path.join(carried, row["weights"]))
+    out = str(tmp_path / "sweep")
+    with pytest.raises(KerasPruneError, match=r"^\S+ has no weights of points \[1\], which runs of lottery_rewind, "
+                                              r"random_reinit, random_structure still need [^\n]*--methods"):
+        sweep.run(tiny(carried, seeds=[0], methods=["random_structure"], points=[1]), out, verbose=0)
+    assert not os.path.isdir(os.path.join(out, "runs"))
+    assert [m for m in sweep.METHODS if sweep.METHODS[m].uses_mask] == [
+        "lottery_rewind", "random_reinit", "random_structure"]
+
+
 def test_sweep_refuses_multiworker_and_says_what_to_do_instead(lobster_dir):
     with pytest.raises(KerasPruneError, match="one sweep process per machine"):
         tiny(lobster_dir, strategy="multiworker")
