@@ -20,13 +20,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kerasprune import export, report, results, runs, sparsity  # noqa: E402
+from kerasprune import models, report, results, runs, sparsity  # noqa: E402
 
 
 def recount_run(run_dir):
     """``(old %, new %)`` of one finished retraining; updates its ``result.json``."""
     result = runs.finished(run_dir, "retrain")
-    model, _ = export.build_from_run(run_dir)
+    model, _ = models.build_for_run(run_dir)
     model.load_weights(runs.run_file(run_dir, result["weights"]))
     rep = sparsity.report(model)
     if abs(rep.pruned_params_pct - result["pruned_params_pct"]) > 1e-9:

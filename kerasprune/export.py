@@ -20,11 +20,9 @@ import numpy as np
 
 from kerasprune import _tfmot, compaction, data, models, runs, sparsity
 from kerasprune._keras import keras, tf
-from kerasprune.config import RunSettings
 from kerasprune.distribute import is_chief
 from kerasprune.errors import KerasPruneError
 from kerasprune.lobster import load_operating_point
-from kerasprune.pure.inits import init_of_run
 from kerasprune.pure.points import read_operating_points
 from kerasprune.sparsity import has_wrappers  # noqa: F401  (export.has_wrappers, as before)
 from kerasprune.training import export_saved_model
@@ -203,14 +201,7 @@ def load_source(run_dir, source):
     """The plain model of one :class:`Source` (TF-MOT-wrapped weight files are stripped)."""
     if source.point is not None:
         return load_operating_point(run_dir, source.point)
-    return load_weights(build_from_run(run_dir)[0], source.weights)
-
-
-def build_from_run(run_dir):
-    """``(model, config)``: the (uncompiled) model named in the run's ``config.json``, built for its
-    dataset (:func:`kerasprune.models.build_for`), and that config as written."""
-    config = runs.read_config(run_dir)
-    return models.build_for(runs.read_config(run_dir, RunSettings), init=init_of_run(config)), config
+    return load_weights(models.build_for_run(run_dir)[0], source.weights)
 
 
 def load_weights(model, weights):
@@ -341,4 +332,4 @@ def _require_standard_layers(model):
 
 
 __all__ = ["plain_copy", "strip", "has_wrappers", "save", "size_report", "SizeReport", "to_tflite", "serving_logits",
-           "export_run", "run_sources", "load_source", "build_from_run", "load_weights", "gzip_bytes", "dir_bytes"]
+           "export_run", "run_sources", "load_source", "load_weights", "gzip_bytes", "dir_bytes"]

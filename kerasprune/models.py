@@ -6,9 +6,9 @@ a sub-model can expose. Models are built uncompiled and with standard layers onl
 SavedModels load without kerasprune installed.
 """
 
-from kerasprune import data
+from kerasprune import data, runs
 from kerasprune._keras import keras
-from kerasprune.pure.inits import INITS, authors_bound
+from kerasprune.pure.inits import DEFAULT_INIT, INITS, authors_bound, init_of_run
 from kerasprune.registry import Registry
 
 MODELS = Registry("model")
@@ -41,16 +41,27 @@ def build_for(config, seed=None, dspec=None, init=None):
     classes (``dspec``: that dataset's spec, when the caller has it already).
 
     The one place a config becomes a model: training, LOBSTER and the one-shot retrainings build
-    through it, and so does every reader of a run folder, as ``build_for(runs.read_config(run_dir,
-    RunSettings), init=init_of_run(runs.read_config(run_dir)))``. ``init`` (else ``config.init``, else
-    the builder's default) matters to a reader too: the weights it loads replace the draw, but the
-    layers keep their initializers, which a transfer's new head copies. It lives here, not in the TensorFlow-free
-    :mod:`kerasprune.runs`, because building a model imports Keras anyway.
+    through it, and every reader of a run folder through :func:`build_for_run`. ``init`` (else
+    ``config.init``, else the builder's default) matters to a reader too: the weights it loads replace
+    the draw, but the layers keep their initializers, which a transfer's new head copies.
     """
     dspec = dspec or data.spec(config.dataset, config.data_dir)
     init = init or getattr(config, "init", None)  # neither: the builder's default
     options = {"init": init} if init else {}
     return build(config.model, input_shape=dspec.input_shape, num_classes=dspec.num_classes, seed=seed, **options)
+
+
+def build_for_run(run_dir):
+    """``(model, saved)``: the uncompiled model of the run folder ``run_dir`` as the run built it (its
+    model and dataset, and the init it drew with: :func:`~kerasprune.pure.inits.init_of_run`), and
+    its ``config.json`` as written. It lives here, not in the TensorFlow-free :mod:`kerasprune.runs`,
+    because building a model imports Keras anyway."""
+    saved = runs.read_config(run_dir)
+    # model and dataset: every run folder's config.json has them (no RunSettings defaults needed, and
+    # kerasprune.config, which checks model names against MODELS, stays the one importing the other)
+    dspec = data.spec(saved["dataset"], saved.get("data_dir"))
+    return build(saved["model"], input_shape=dspec.input_shape, num_classes=dspec.num_classes,
+                 init=init_of_run(saved)), saved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,7 +76,6 @@ def _check_init(init):
 def _kernel_init(init):
     """Kernels: PyTorch's default for "authors" (its kaiming_uniform with a=sqrt(5) is
     U(+-1/sqrt(fan_in)), Keras's VarianceScaling(1/3, fan_in, uniform)), else Glorot- or He-normal's Keras names."""
-    _check_init(init)
     if init == "authors":
         return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
     return {"glorot": "glorot_uniform", "he": "he_normal"}[init]
@@ -87,7 +97,7 @@ def _dense(x, units, name, init):
 
 
 @MODELS.register("lenet300")
-def lenet300(input_shape, num_classes, hidden=(300, 100), init="authors"):
+def lenet300(input_shape, num_classes, hidden=(300, 100), init=DEFAULT_INIT):
     """LeNet-300-100: a 784-300-100-10 perceptron (266,610 parameters on MNIST); ``init``: see
     :data:`~kerasprune.pure.inits.INITS` (default: the authors', PyTorch's)."""
     _check_init(init)
@@ -101,7 +111,7 @@ def lenet300(input_shape, num_classes, hidden=(300, 100), init="authors"):
 
 
 @MODELS.register("lenet5")
-def lenet5(input_shape, num_classes, init="authors"):
+def lenet5(input_shape, num_classes, init=DEFAULT_INIT):
     """Caffe's LeNet-5 as LOBSTER's code uses it (431,080 parameters on MNIST); ``init`` as lenet300's.
 
     conv 20@5x5 -> ReLU -> max-pool 2 -> conv 50@5x5 -> ReLU -> max-pool 2 -> dense 500 -> ReLU -> dense.
@@ -170,7 +180,7 @@ def _basic_block(x, filters, stride, name, init):
 
 
 @MODELS.register("resnet32")
-def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64), init="authors"):
+def resnet32(input_shape, num_classes, blocks_per_stage=5, widths=(16, 32, 64), init=DEFAULT_INIT):
     """He et al.'s CIFAR ResNet-(6n+2), n=5: 3 stages of basic blocks, 16/32/64 filters,
     batch norm and option-A (parameter-free) shortcuts, as in akamaster/pytorch_resnet_cifar10 and
     the authors' code; ``init``: see :data:`~kerasprune.pure.inits.INITS` (default: the authors')."""

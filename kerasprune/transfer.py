@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from kerasprune import _tfmot, analysis, data, export, runs, sparsity, training
+from kerasprune import _tfmot, analysis, data, export, models, runs, sparsity, training
 from kerasprune._keras import keras, tf
 from kerasprune.config import PROBES, PSP_SPLITS, SELECTIONS, TransferConfig  # defined there, TF-free for --help
 from kerasprune.distribute import declare_strategy, get_strategy, is_chief
@@ -121,7 +121,7 @@ def load_source(info):
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if info.kind == "lobster":
         return export.load_source(info.path, export.Source(f"point_{info.point:03d}", info.weights, info.point))
-    model, _ = export.build_from_run(info.path)
+    model, _ = models.build_for_run(info.path)
     return export.load_weights(model, info.weights)
 
 

@@ -283,7 +283,7 @@ def test_a_source_is_rebuilt_with_its_runs_init_so_the_new_head_is_drawn_alike(t
         folder.mkdir()
         runs.write_json(str(folder / runs.CONFIG), {"model": "lenet5", "dataset": "mnist",
                                                     **({"init": init} if init else {})})
-        model, _ = export.build_from_run(str(folder))
+        model, _ = models.build_for_run(str(folder))
         head = transfer.classifier_layer(transfer.replace_head(model, 10, seed=0))
         assert type(head.bias_initializer).__name__ == bias, init
         # A LOBSTER folder's operating point too.

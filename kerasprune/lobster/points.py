@@ -12,9 +12,7 @@ import os
 
 from kerasprune import models, runs
 from kerasprune._keras import keras
-from kerasprune.config import RunSettings
 from kerasprune.errors import KerasPruneError
-from kerasprune.pure.inits import init_of_run
 from kerasprune.pure.points import (COLUMNS, POINTS_CSV, POINTS_DIR, _INTS, _fmt,  # noqa: F401
                                     finished_points, read_operating_points, save_weights_atomic,
                                     weights_name, write_points)
@@ -33,12 +31,10 @@ def weights_only_twin(model):
 
 def load_operating_point(run_dir, point):
     """The model of ``run_dir``'s config with operating point ``point``'s weights (uncompiled)."""
-    config = runs.read_config(run_dir, RunSettings)
-    init = init_of_run(runs.read_config(run_dir))
     rows = {r["point"]: r for r in read_operating_points(run_dir)}
     if point not in rows:
         raise KerasPruneError(f"{run_dir} has no operating point {point}; it has {sorted(rows) or 'none'}")
-    model = models.build_for(config, init=init)  # as the run built it: a transfer head copies its initializers
+    model, _ = models.build_for_run(run_dir)  # as the run built it: a transfer head copies its initializers
     path = os.path.join(run_dir, rows[point]["weights"])
     try:
         model.load_weights(path)
