@@ -275,7 +275,6 @@ def test_a_source_is_rebuilt_with_its_runs_init_so_the_new_head_is_drawn_alike(t
     """The new head copies the source classifier's initializers, and a source is rebuilt from its run
     folder before its weights are loaded: rebuilt with today's default init, a Glorot run (every run
     from before the init setting) would get heads drawn another way than the study's earlier cells."""
-    from kerasprune import export
     from kerasprune.lobster import load_operating_point
 
     for init, bias in [(None, "Zeros"), ("glorot", "Zeros"), ("authors", "RandomUniform")]:
