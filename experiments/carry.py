@@ -17,6 +17,7 @@ usage:
   python experiments/carry.py pack runs/lobster_lenet5_mnist_reference [--points 0,64,last]
   python experiments/carry.py unpack experiments/carry/lobster_lenet5_mnist_reference.tar.xz runs/
   python experiments/carry.py pack runs/lenet5_budget          # a sweep folder and its retrainings
+  python experiments/carry.py pack runs/lenet300_mnist/runs/lottery_rewind/point_032/seed_7   # one of them
   python experiments/carry.py unpack-all runs/      # every archive whose run folder is missing or older
 """
 import argparse
@@ -87,11 +88,11 @@ def pack(run_dir, points="last", out=None):
 
 
 def _name_under_runs(run_dir):
-    """``run_dir`` relative to its nearest ``runs`` ancestor (else its own name)."""
+    """``run_dir`` relative to its outermost ``runs`` ancestor (else its own name): a retraining
+    inside a sweep, ``runs/<sweep>/runs/<method>/...``, keeps its sweep's path."""
     parts = os.path.abspath(run_dir).split(os.sep)
     if "runs" in parts[:-1]:
-        index = len(parts) - 1 - parts[::-1].index("runs")
-        return "/".join(parts[index + 1:])
+        return "/".join(parts[parts.index("runs") + 1:])
     return parts[-1]
 
 

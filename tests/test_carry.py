@@ -1,0 +1,35 @@
+"""experiments/carry.py: a run folder's state carried across machines (no TensorFlow)."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+
+import carry  # noqa: E402
+
+
+def test_a_retraining_inside_a_sweep_is_carried_to_its_own_place_without_its_resume_state(tmp_path):
+    """One finished retraining of a sweep (e.g. the 1-S a sweep's export needs) packs alone and
+    unpacks under runs/<sweep>/runs/..., not under runs/<method>/... (the inner ``runs`` folder)."""
+    run = tmp_path / "a" / "runs" / "sweep" / "runs" / "lottery_rewind" / "point_032" / "seed_7"
+    (run / "backup").mkdir(parents=True)
+    (run / "backup" / "state.h5").write_bytes(b"resume state")
+    (run / "config.json").write_text(json.dumps({"model": "lenet300"}))
+    (run / "result.json").write_text("{}")
+    (run / "final.weights.h5").write_bytes(b"weights")
+    (run / "history.csv").write_text("epoch,loss\n0,1.0\n1,0.5\n")
+    assert carry._name_under_runs(str(run)) == "sweep/runs/lottery_rewind/point_032/seed_7"
+    archive = carry.pack(str(run), out=str(tmp_path / "one.tar.xz"))
+    fresh = tmp_path / "b" / "runs"
+    fresh.mkdir(parents=True)
+    message = carry.unpack(archive, str(fresh))
+    restored = fresh / "sweep" / "runs" / "lottery_rewind" / "point_032" / "seed_7"
+    assert "restored (2 epochs)" in message
+    assert (restored / "final.weights.h5").read_bytes() == b"weights"
+    assert not (restored / "backup").exists()
+    assert "kept" in carry.unpack(archive, str(fresh))  # unpacking again leaves it
+
+
+def test_a_folder_outside_runs_is_named_by_itself(tmp_path):
+    assert carry._name_under_runs(str(tmp_path / "lobster_x")) == "lobster_x"
+    assert carry._name_under_runs(str(tmp_path / "runs" / "search_rules" / "seed0")) == "search_rules/seed0"
