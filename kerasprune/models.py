@@ -8,6 +8,7 @@ SavedModels load without kerasprune installed.
 
 from kerasprune import data, runs
 from kerasprune._keras import keras
+from kerasprune.errors import KerasPruneError
 from kerasprune.pure.inits import DEFAULT_INIT, INITS, authors_bound, init_of_run
 from kerasprune.registry import Registry
 
@@ -59,6 +60,10 @@ def build_for_run(run_dir):
     saved = runs.read_config(run_dir)
     # model and dataset: every run folder's config.json has them (no RunSettings defaults needed, and
     # kerasprune.config, which checks model names against MODELS, stays the one importing the other)
+    missing = [k for k in ("model", "dataset") if not saved.get(k)]
+    if missing:
+        raise KerasPruneError(f"{run_dir}/{runs.CONFIG} names no {' or '.join(missing)}: it is not the "
+                              "config of a run that built a model")
     dspec = data.spec(saved["dataset"], saved.get("data_dir"))
     return build(saved["model"], input_shape=dspec.input_shape, num_classes=dspec.num_classes,
                  init=init_of_run(saved)), saved

@@ -290,3 +290,9 @@ def test_a_source_is_rebuilt_with_its_runs_init_so_the_new_head_is_drawn_alike(t
         (folder / "operating_points.csv").write_text("point,pruned_params_pct,weights\n0,0.0,p0.weights.h5\n")
         point = load_operating_point(str(folder), 0)
         assert type(point.get_layer("logits").bias_initializer).__name__ == bias, init
+
+
+def test_a_run_folder_without_model_or_dataset_is_a_one_line_error(tmp_path):
+    runs.write_json(str(tmp_path / runs.CONFIG), {"dataset": "mnist"})
+    with pytest.raises(KerasPruneError, match=r"^\S+config.json names no model: it is not the config"):
+        models.build_for_run(str(tmp_path))
