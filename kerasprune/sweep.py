@@ -234,6 +234,10 @@ class Job:
         return [key_of({"method": self.method, "variant": self.variant, "point": p, "seed": self.seed})
                 for p in pts]
 
+    def is_done(self, points, done):
+        """Every row this job writes is among ``done`` (:meth:`ResultsTable.done`'s keys)."""
+        return all(k in done for k in self.keys(points))
+
     @property
     def run_id(self):
         """``method[_variant]/point_NNN/seed_S`` (IMP: ``imp/seed_S``): the run's folder under
@@ -338,7 +342,7 @@ def pending_runs(config, out):
         return [LOBSTER_RUN_ID]
     points = _chosen_points(config, lobster_dir, read_operating_points(lobster_dir))
     done = ResultsTable(os.path.join(out, runs.RESULTS)).done()
-    return [j.run_id for j in jobs_for(config, points) if not all(k in done for k in j.keys(points))]
+    return [j.run_id for j in jobs_for(config, points) if not j.is_done(points, done)]
 
 
 # The settings a LOBSTER run must share with the sweep for its masks and initial weights to mean
@@ -401,7 +405,7 @@ class _Context:
         self.keys = {k for j in jobs for k in j.keys(self.points)}
         self.total = len(self.keys)
         self.finished = self.finished_before = len(self.keys & done)
-        self._check_point_weights([j for j in jobs if not all(k in done for k in j.keys(self.points))])
+        self._check_point_weights([j for j in jobs if not j.is_done(self.points, done)])
         print(f"[sweep] {self.total} runs, {self.finished} already done", flush=True)
 
     def _check_point_weights(self, pending):
@@ -443,7 +447,7 @@ class _Context:
 
     def run_job(self, job, blocking):
         """Runs ``job`` unless done; returns False if another process holds its lock."""
-        if all(k in self.table.done() for k in job.keys(self.points)):
+        if job.is_done(self.points, self.table.done()):
             return True
         run_dir = job.run_dir(self.out)
         with file_lock(run_dir.rstrip("/") + ".lock", blocking=blocking) as held:

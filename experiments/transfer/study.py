@@ -63,6 +63,11 @@ class Source:
     skip: str | None = None
 
 
+def cell_id(direction, source, regime, seed):
+    """``<direction>/<source name>/<regime>/seed_<S>``: a cell's name, in the driver and in results.csv's rows."""
+    return f"{direction}/{source}/{regime}/seed_{int(seed)}"
+
+
 @dataclasses.dataclass
 class Cell:
     """One (source x regime x seed) run of ``kerasprune transfer``."""
@@ -77,8 +82,8 @@ class Cell:
 
     @property
     def id(self):
-        """``<direction>/<source name>/<regime>/seed_<S>``: what --only matches and the lines show."""
-        return f"{self.source.direction}/{self.source.name}/{self.regime}/seed_{self.seed}"
+        """:func:`cell_id` of this cell: what --only matches and the lines show."""
+        return cell_id(self.source.direction, self.source.name, self.regime, self.seed)
 
     def command(self, python=sys.executable):
         cmd = [python, "-m", "kerasprune", "transfer", "--source", self.source.path]
@@ -249,8 +254,7 @@ def committed_cells(path=COMMITTED):
     if not os.path.isfile(path):
         return frozenset()
     with open(path, newline="") as f:
-        return frozenset(f"{r['direction']}/{r['source']}/{r['regime']}/seed_{int(r['seed'])}"
-                         for r in csv.DictReader(f))
+        return frozenset(cell_id(r["direction"], r["source"], r["regime"], r["seed"]) for r in csv.DictReader(f))
 
 
 def is_finished(cell, root=ROOT, committed=frozenset()):
