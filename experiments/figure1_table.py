@@ -81,6 +81,11 @@ def progress(config, rows):
     return sum(k in done for k in keys), len(keys)
 
 
+def core_hours(rows):
+    """Hours of CPU the sweep's retrainings took so far: the sum of their ``seconds`` (LOBSTER's rows have none)."""
+    return sum(float(r["seconds"]) for r in rows if r.get("seconds") not in (None, "")) / 3600
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the setup's sweep config, e.g. experiments/lenet300_mnist.toml")
@@ -101,7 +106,8 @@ def main(argv=None):
     report.figure1([r for r in rows if int(r["point"]) in shown],
                    os.path.join(target, "figure1.png"),
                    title=f"{config.name} ({status}: {done} of {total} runs)")
-    text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}); "
+    text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}), "
+            f"{core_hours(rows):.1f} hours of retraining on one core (the sum of `seconds`); "
             "mean ± sample standard deviation over seeds (n in parentheses).")
     readme_blocks.write_between_markers(os.path.join(target, "README.md"), "figure1:table", text)
     print(text)
