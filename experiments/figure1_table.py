@@ -34,6 +34,8 @@ PAPER_TICKS = {
     "resnet32_cifar10": [(40.24, 0.43), (60.72, 0.52), (80.11, 0.69)],
 }
 BASELINES = [m for m in report.ORDER if m != "lobster"]
+LOTTERY = ("lottery_rewind", "random_reinit", "random_structure")  # the paper's three, at 10 seeds each
+PAPER_SEEDS = 10
 
 
 def ticks_of(points, ticks):
@@ -81,6 +83,17 @@ def progress(config, rows):
     return sum(k in done for k in keys), len(keys)
 
 
+def seeds_caption(config):
+    """The figure's line on the paper's three baselines' seeds, which issue 18 wants in the caption."""
+    counts = sorted({len(config.seeds_of(m)) for m in LOTTERY if m in config.methods})
+    if not counts:
+        return ""
+    n = "/".join(map(str, counts))
+    same = counts == [PAPER_SEEDS]
+    return (f"Frankle & Carbin, Liu et al., random pruning: {n} seeds each"
+            f"{', as the paper' if same else f' (the paper: {PAPER_SEEDS})'}")
+
+
 def core_hours(rows):
     """Hours of CPU the sweep's retrainings took so far: the sum of their ``seconds`` (LOBSTER's rows have none)."""
     return sum(float(r["seconds"]) for r in rows if r.get("seconds") not in (None, "")) / 3600
@@ -105,7 +118,8 @@ def main(argv=None):
     shown = set(lobster_points(config, rows)[1]) | {0}  # the paper's layout: the dense net, then the chosen points
     report.figure1([r for r in rows if int(r["point"]) in shown],
                    os.path.join(target, "figure1.png"),
-                   title=f"{config.name} ({status}: {done} of {total} runs)")
+                   title="\n".join(filter(None, [f"{config.name} ({status}: {done} of {total} runs)",
+                                                   seeds_caption(config)])))
     text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}), "
             f"{core_hours(rows):.1f} hours of retraining on one core (the sum of `seconds`); "
             "mean ± sample standard deviation over seeds (n in parentheses).")

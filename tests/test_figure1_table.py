@@ -82,3 +82,11 @@ def test_the_readme_table_is_written_between_its_markers_with_the_status(sweep_f
     assert "Status: 4 of 6 runs of " in readme and "done (partial), 2.5 hours of retraining" in readme
     assert (target / "results.csv").read_text() == (sweep_folder / "sweep" / "results.csv").read_text()
     assert (target / "figure1.png").stat().st_size > 10_000
+
+
+def test_the_caption_says_when_the_paper_s_baselines_have_fewer_seeds_than_its_ten(sweep_folder):
+    config = sweep.load_config(str(sweep_folder / "setup.toml"))
+    assert figure1_table.seeds_caption(config) == "Frankle & Carbin, Liu et al., random pruning: 2 seeds each (the paper: 10)"
+    config = sweep.load_config(str(sweep_folder / "setup.toml"), seeds=list(range(10)))
+    assert figure1_table.seeds_caption(config).endswith("10 seeds each, as the paper")
+    assert figure1_table.seeds_caption(sweep.load_config(str(sweep_folder / "setup.toml"), methods=["imp"])) == ""
