@@ -19,6 +19,12 @@ usage:
   python experiments/carry.py pack runs/lenet5_budget          # a sweep folder and its retrainings
   python experiments/carry.py pack runs/lenet300_mnist/runs/lottery_rewind/point_032/seed_7   # one of them
   python experiments/carry.py unpack-all runs/      # every archive whose run folder is missing or older
+  python experiments/carry.py restore-table experiments/results/lenet5_mnist/results.csv runs/lenet5_mnist
+
+``restore-table`` is for a sweep whose retrainings are not carried, only its committed table: the
+sweep skips every run in its ``results.csv``, so the committed rows go there. They are merged by run
+key (the local table may have rows the committed copy has not yet), under the table's lock (a sweep
+may be appending).
 """
 import argparse
 import contextlib
@@ -32,7 +38,7 @@ import tarfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from kerasprune import runs  # noqa: E402  (no TensorFlow import)
+from kerasprune import results, runs  # noqa: E402  (no TensorFlow import)
 
 CARRY = os.path.join(HERE, "carry")
 SKIP = (runs.POINTS_DIR, "saved_models")  # points are chosen one by one; exports are rebuilt by `export`
@@ -53,12 +59,17 @@ def main(argv=None):
     u.add_argument("parent", help="folder to create the run folder in (e.g. runs/)")
     a = sub.add_parser("unpack-all", help="restore every archive in experiments/carry/")
     a.add_argument("parent")
+    t = sub.add_parser("restore-table", help="merge a committed results.csv into a sweep folder's own")
+    t.add_argument("committed", help="e.g. experiments/results/lenet5_mnist/results.csv")
+    t.add_argument("sweep", help="the sweep folder (created if missing), e.g. runs/lenet5_mnist")
     args = parser.parse_args(argv)
     if args.command == "pack":
         path = pack(args.run_dir, args.points, args.out)
         print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB, {progress_text(args.run_dir)}")
     elif args.command == "unpack":
         print(unpack(args.archive, args.parent))
+    elif args.command == "restore-table":
+        print(restore_table(args.committed, args.sweep))
     else:
         for name in sorted(os.listdir(CARRY)):
             if name.endswith(".tar.xz"):
@@ -118,6 +129,16 @@ def unpack(archive, parent):
         os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
         tar.extractall(parent, filter="data")
     return f"{target}: restored ({carried} {unit}); rerun its command to resume"
+
+
+def restore_table(committed, sweep):
+    """Appends to ``SWEEP/results.csv`` every row of ``committed`` whose run is not there yet."""
+    if not os.path.isfile(committed):
+        return f"{committed}: no committed table (nothing to restore)"
+    table = results.ResultsTable(os.path.join(sweep, runs.RESULTS))
+    rows = results.ResultsTable(committed).rows()
+    added = sum(table.append(row) for row in rows)
+    return f"{table.path}: {added} of {len(rows)} committed rows added, {len(table.rows())} rows now"
 
 
 def progress_in(folder):

@@ -33,3 +33,28 @@ def test_a_retraining_inside_a_sweep_is_carried_to_its_own_place_without_its_res
 def test_a_folder_outside_runs_is_named_by_itself(tmp_path):
     assert carry._name_under_runs(str(tmp_path / "lobster_x")) == "lobster_x"
     assert carry._name_under_runs(str(tmp_path / "runs" / "search_rules" / "seed0")) == "search_rules/seed0"
+
+
+def test_a_committed_table_is_merged_into_the_sweep_s_own_without_losing_its_newer_rows(tmp_path):
+    """A fresh machine (or a sweep that ran on past its last commit): the committed rows go into the
+    sweep folder's results.csv by run key; rows only the local table has stay, none is doubled."""
+    from kerasprune import results
+
+    def row(method, seed, error):
+        return {"method": method, "variant": "", "point": "5", "seed": str(seed), "test_error": error}
+
+    committed = results.ResultsTable(str(tmp_path / "committed.csv"))
+    for r in [row("lobster", 0, "0.0845"), row("lottery_rewind", 0, "0.0907"), row("lottery_rewind", 1, "0.0912")]:
+        committed.append(r)
+    local = results.ResultsTable(str(tmp_path / "sweep" / "results.csv"))
+    local.append(row("lottery_rewind", 0, "0.0907"))
+    local.append(row("random_reinit", 0, "0.0944"))  # finished after the last commit
+    message = carry.restore_table(committed.path, str(tmp_path / "sweep"))
+    assert message.endswith("2 of 3 committed rows added, 4 rows now")
+    by_key = {results.key_of(r): r["test_error"] for r in local.rows()}
+    assert by_key == {("lobster", "", "5", "0"): "0.0845", ("lottery_rewind", "", "5", "0"): "0.0907",
+                      ("lottery_rewind", "", "5", "1"): "0.0912", ("random_reinit", "", "5", "0"): "0.0944"}
+    assert "0 of 3 committed rows added" in carry.restore_table(committed.path, str(tmp_path / "sweep"))
+    fresh = carry.restore_table(committed.path, str(tmp_path / "new_sweep"))  # no sweep folder yet
+    assert fresh.endswith("3 of 3 committed rows added, 3 rows now")
+    assert "nothing to restore" in carry.restore_table(str(tmp_path / "none.csv"), str(tmp_path / "sweep"))
