@@ -33,7 +33,6 @@ PAPER_TICKS = {
     "lenet5_fashion_mnist": [(60.89, 0.0), (80.53, 7.59), (90.08, 30.17), (95.02, 46.72)],
     "resnet32_cifar10": [(40.24, 0.43), (60.72, 0.52), (80.11, 0.69)],
 }
-BASELINES = [m for m in report.ORDER if m != "lobster"]
 LOTTERY = ("lottery_rewind", "random_reinit", "random_structure")  # the paper's three, at 10 seeds each
 PAPER_SEEDS = 10
 
@@ -96,7 +95,7 @@ def seeds_caption(config):
 
 def core_hours(rows):
     """Hours of CPU the sweep's retrainings took so far: the sum of their ``seconds`` (LOBSTER's rows have none)."""
-    return sum(float(r["seconds"]) for r in rows if r.get("seconds") not in (None, "")) / 3600
+    return sum(r["seconds"] for r in rows if r.get("seconds") is not None) / 3600  # results.read: floats or None
 
 
 def main(argv=None):
