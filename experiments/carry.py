@@ -11,13 +11,17 @@ lays it out again, after which the run's own command resumes it. A running run i
 A sweep folder (``sweep_config.json``) packs whole, every retraining in it; a finished retraining
 (``result.json``) keeps its model (``final.weights.h5``), config, history and result but not its
 resume state (``backup/``, ``checkpoints/``), which is most of its size and no longer needed.
-Unpacking compares a sweep by the rows of its ``results.csv``, a run by its epochs.
+An IMP chain (``runs/<sweep>/runs/imp/seed_S``, one ``level_KK`` folder a round) packs the same
+way, except that of its finished rounds only the last keeps its weights: the next round prunes from
+those alone (``oneshot.imp``), and the earlier rounds' results and histories stay. Unpacking compares
+a sweep by the rows of its ``results.csv``, a chain by its finished rounds, a run by its epochs.
 
 usage:
   python experiments/carry.py pack runs/lobster_lenet5_mnist_reference [--points 0,64,last]
   python experiments/carry.py unpack experiments/carry/lobster_lenet5_mnist_reference.tar.xz runs/
   python experiments/carry.py pack runs/lenet5_budget          # a sweep folder and its retrainings
   python experiments/carry.py pack runs/lenet300_mnist/runs/lottery_rewind/point_032/seed_7   # one of them
+  python experiments/carry.py pack runs/lenet5_mnist/runs/imp/seed_2      # an IMP chain cut halfway
   python experiments/carry.py unpack-all runs/      # every archive whose run folder is missing or older
   python experiments/carry.py restore-table experiments/results/lenet5_mnist/results.csv runs/lenet5_mnist
 
@@ -43,7 +47,8 @@ from kerasprune import results, runs  # noqa: E402  (no TensorFlow import)
 CARRY = os.path.join(HERE, "carry")
 SKIP = (runs.POINTS_DIR, "saved_models")  # points are chosen one by one; exports are rebuilt by `export`
 DONE_SKIP = (runs.BACKUP, runs.CHECKPOINTS)  # a finished retraining's resume state: its model is final.weights.h5
-ROOT_FILES = (runs.CONFIG, runs.SWEEP_CONFIG)  # what marks the carried folder at the archive's top
+ROOT_FILES = (runs.CONFIG, runs.SWEEP_CONFIG, runs.IMP_CHAIN)  # what marks the carried folder at the archive's top
+UNITS = {"sweep": "results.csv rows", "chain": "finished rounds", "run": "epochs"}
 
 
 def main(argv=None):
@@ -82,6 +87,7 @@ def pack(run_dir, points="last", out=None):
     out = out or os.path.join(CARRY, f"{name.replace('/', '__')}.tar.xz")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     keep = _chosen_points(run_dir, points)
+    superseded = set()  # an IMP chain's finished rounds before its last: their weights are not needed
     with runs.atomic_path(out) as tmp, _paused(run_dir), tarfile.open(tmp, "w:xz") as tar:
         for root, dirs, files in os.walk(run_dir):
             rel = os.path.relpath(root, run_dir)
@@ -89,8 +95,12 @@ def pack(run_dir, points="last", out=None):
                 dirs[:] = [d for d in dirs if d not in SKIP]
             if runs.RESULT in files:  # a finished retraining (of a sweep): its model, not its resume state
                 dirs[:] = [d for d in dirs if d not in DONE_SKIP]
+            if runs.IMP_CHAIN in files:
+                superseded |= {os.path.join(root, d) for d in _finished_rounds(root)[:-1]}
             for f in files:
                 if f.endswith(".tmp") or ".tmp." in f:
+                    continue
+                if f == runs.FINAL_WEIGHTS and root in superseded:
                     continue
                 tar.add(os.path.join(root, f), arcname=os.path.normpath(os.path.join(name, rel, f)))
         for weights in keep:
@@ -112,15 +122,20 @@ def unpack(archive, parent):
     with tarfile.open(archive, "r:xz") as tar:
         # The carried folder: the shortest path holding a config.json or sweep_config.json (its
         # tensorboard/, a sweep's retrainings etc. are deeper).
-        name = min((m.name.rsplit("/", 1)[0] for m in tar.getmembers()
-                    if m.name.rsplit("/", 1)[-1] in ROOT_FILES), key=len)
+        members = tar.getmembers()
+        name = min((m.name.rsplit("/", 1)[0] for m in members if m.name.rsplit("/", 1)[-1] in ROOT_FILES),
+                   key=len)
         target = os.path.join(parent, name)
-        sweep = any(m.name == f"{name}/{runs.SWEEP_CONFIG}" for m in tar.getmembers())
-        counted = runs.RESULTS if sweep else runs.HISTORY
-        member = next((m for m in tar.getmembers() if m.name == f"{name}/{counted}"), None)
-        carried = _count(tar.extractfile(member).read().decode(), sweep) if member else 0
+        kind = _kind({m.name[len(name) + 1:] for m in members if m.name.startswith(name + "/")})
+        if kind == "chain":
+            carried = sum(1 for m in members if m.name.startswith(name + "/")
+                          and m.name[len(name) + 1:].count("/") == 1 and m.name.endswith("/" + runs.RESULT))
+        else:
+            counted = runs.RESULTS if kind == "sweep" else runs.HISTORY
+            member = next((m for m in members if m.name == f"{name}/{counted}"), None)
+            carried = _count(tar.extractfile(member).read().decode(), kind == "sweep") if member else 0
         there = progress_in(target)
-        unit = "results.csv rows" if sweep else "epochs"
+        unit = UNITS[kind]
         if there >= carried and os.path.isdir(target):
             return f"{target}: kept ({there} {unit} there, {carried} in the archive)"
         if os.path.isdir(target):
@@ -142,18 +157,29 @@ def restore_table(committed, sweep):
 
 
 def progress_in(folder):
-    """A run folder's epochs, or the rows of a sweep folder's results.csv."""
-    sweep = os.path.isfile(os.path.join(folder, runs.SWEEP_CONFIG))
-    path = os.path.join(folder, runs.RESULTS if sweep else runs.HISTORY)
+    """A run folder's epochs, a chain's finished rounds, or the rows of a sweep folder's results.csv."""
+    kind = _kind(os.listdir(folder) if os.path.isdir(folder) else ())
+    if kind == "chain":
+        return len(_finished_rounds(folder))
+    path = os.path.join(folder, runs.RESULTS if kind == "sweep" else runs.HISTORY)
     if not os.path.isfile(path):
         return 0
     with open(path) as f:
-        return _count(f.read(), sweep)
+        return _count(f.read(), kind == "sweep")
 
 
 def progress_text(folder):
-    unit = "results.csv rows" if os.path.isfile(os.path.join(folder, runs.SWEEP_CONFIG)) else "epochs"
-    return f"{progress_in(folder)} {unit}"
+    return f"{progress_in(folder)} {UNITS[_kind(os.listdir(folder))]}"
+
+
+def _kind(names):
+    """``"sweep"``, ``"chain"`` (IMP) or ``"run"``, from the names in the folder's top level."""
+    return "sweep" if runs.SWEEP_CONFIG in names else "chain" if runs.IMP_CHAIN in names else "run"
+
+
+def _finished_rounds(chain):
+    """The chain's finished ``level_KK`` folders, in order (a round is finished when it has its result)."""
+    return sorted(d for d in os.listdir(chain) if os.path.isfile(os.path.join(chain, d, runs.RESULT)))
 
 
 def _count(text, sweep=False):
@@ -177,7 +203,8 @@ def _chosen_points(run_dir, spec):
 
 @contextlib.contextmanager
 def _paused(run_dir):
-    """SIGSTOP the processes writing ``run_dir`` (found by ``--out`` on their command line)."""
+    """SIGSTOP the processes writing ``run_dir`` (found by ``--out`` on their command line: the
+    folder itself, or the sweep it belongs to)."""
     pids = []
     target = os.path.realpath(run_dir)
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -189,7 +216,8 @@ def _paused(run_dir):
             continue
         if "--out" in argv[:-1] and "python" in os.path.basename(argv[0]):
             out = argv[argv.index("--out") + 1]
-            if os.path.realpath(os.path.join(cwd, out)) == target:
+            out = os.path.realpath(os.path.join(cwd, out))
+            if target == out or target.startswith(out + os.sep):
                 pids.append(int(pid))
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)

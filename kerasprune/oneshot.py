@@ -271,7 +271,7 @@ def _check_chain(root, levels, rate):
     Round folders are numbered (``level_KK``); another set of targets (e.g. a sweep rerun with other
     points) gives another chain, whose round KK is a different experiment: reusing the folder would
     file its result under the wrong target. A chain that only grows (more, sparser targets) goes on."""
-    path = os.path.join(root, "chain.json")
+    path = os.path.join(root, runs.IMP_CHAIN)
     wanted = json.loads(json.dumps({"rate": rate, "levels": [[n, t] for n, t in levels]}))
     if os.path.isfile(path):
         recorded = runs.read_json(path)
@@ -296,8 +296,9 @@ def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
     Each round prunes ``rate`` of the kept kernels (global magnitude of the previous round's
     trained weights), rewinds and retrains ``config.epochs``; levels for the targets are inserted
     exactly. Each round is a run folder ``root/level_KK``, so a killed chain resumes at its last
-    unfinished round. Returns ``{target_pct: result}``; ``on_level(target_pct, result)`` is called as
-    each target level finishes.
+    unfinished round; of the finished rounds before it, only the last one's weights are read (a chain
+    carried to another machine keeps only those). Returns ``{target_pct: result}``;
+    ``on_level(target_pct, result)`` is called as each target level finishes.
     """
     initial, trained = dense(config, dense_dir, verbose=kw.get("verbose", "auto"))
     total, kernels = prunable_counts(build_model(config))
@@ -308,18 +309,16 @@ def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
         level_dir = os.path.join(root, f"level_{index:02d}")
         result = read_result(level_dir)
         if result is None:
-            _, values = _trained_kernels(config, previous)
+            model, values = _trained_kernels(config, previous)
+            if mask is None and index > 1:  # resumed after finished rounds: the last one's mask is its zeros
+                mask = mask_of(model, _tfmot.KERNEL_ONLY)
             mask = global_magnitude_mask(values, n, current=mask)
             extra = {"method": "imp", "imp_round": index, "target_pct": target}
             result = retrain(config, level_dir, mask=mask, weights=initial, kinds=_tfmot.KERNEL_ONLY,
                              extra=extra, **kw)
         else:
-            mask = None  # recomputed from the saved weights below
+            mask = None  # read from this round's weights if a later round has to train
         previous = os.path.join(level_dir, FINAL_WEIGHTS)
-        if mask is None:
-            m = build_model(config)
-            m.load_weights(previous)
-            mask = mask_of(m, _tfmot.KERNEL_ONLY)
         if target is not None:
             out[target] = result
             if on_level is not None:

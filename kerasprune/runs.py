@@ -54,6 +54,7 @@ FIGURE1 = "figure1.png"
 SWEEP_LOBSTER = "lobster"  # LOBSTER's run folder, unless the config names one
 SWEEP_DENSE = "dense"  # dense/seed_S/: the dense models the magnitude baselines start from
 SWEEP_RUNS = "runs"  # runs/<method>[_<variant>]/point_XXX/seed_S/: one folder per retraining
+IMP_CHAIN = "chain.json"  # runs/imp/seed_S/chain.json: an IMP chain's levels; its rounds are level_KK/
 
 EXPORT_REPORT_SUFFIX = ".export.json"  # <export path of tag T>.export.json: T's export finished
 SAVED_MODELS_ENV = "KERASPRUNE_SAVED_MODELS"

@@ -30,6 +30,37 @@ def test_a_retraining_inside_a_sweep_is_carried_to_its_own_place_without_its_res
     assert "kept" in carry.unpack(archive, str(fresh))  # unpacking again leaves it
 
 
+def test_an_imp_chain_is_carried_with_its_last_finished_round_s_weights_and_the_unfinished_round_s_state(tmp_path):
+    """A chain cut halfway: every round's result and history travel, the weights only of the last
+    finished round (the next round prunes from them), and the unfinished round's resume state."""
+    chain = tmp_path / "a" / "runs" / "sweep" / "runs" / "imp" / "seed_2"
+    chain.mkdir(parents=True)
+    (chain / "chain.json").write_text(json.dumps({"rate": 0.2, "levels": [[1, None], [2, None], [3, 50.0]]}))
+    for level in ("level_01", "level_02", "level_03"):
+        (chain / level / "backup").mkdir(parents=True)
+        (chain / level / "backup" / "state.h5").write_bytes(b"resume state " + level.encode())
+        (chain / level / "config.json").write_text("{}")
+        (chain / level / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    for level in ("level_01", "level_02"):
+        (chain / level / "result.json").write_text(json.dumps({"round": level}))
+        (chain / level / "final.weights.h5").write_bytes(b"weights " + level.encode())
+    archive = carry.pack(str(chain), out=str(tmp_path / "chain.tar.xz"))
+    assert carry.progress_text(str(chain)) == "2 finished rounds"
+    fresh = tmp_path / "b" / "runs"
+    fresh.mkdir(parents=True)
+    assert carry.unpack(archive, str(fresh)).endswith("sweep/runs/imp/seed_2: restored (2 finished rounds); "
+                                                      "rerun its command to resume")
+    restored = fresh / "sweep" / "runs" / "imp" / "seed_2"
+    assert json.loads((restored / "chain.json").read_text())["levels"][2] == [3, 50.0]
+    assert [json.loads((restored / lv / "result.json").read_text()) for lv in ("level_01", "level_02")] == [
+        {"round": "level_01"}, {"round": "level_02"}]
+    assert not (restored / "level_01" / "final.weights.h5").exists()
+    assert (restored / "level_02" / "final.weights.h5").read_bytes() == b"weights level_02"
+    assert not (restored / "level_02" / "backup").exists()
+    assert (restored / "level_03" / "backup" / "state.h5").read_bytes() == b"resume state level_03"
+    assert "kept (2 finished rounds there, 2 in the archive)" in carry.unpack(archive, str(fresh))
+
+
 def test_a_folder_outside_runs_is_named_by_itself(tmp_path):
     assert carry._name_under_runs(str(tmp_path / "lobster_x")) == "lobster_x"
     assert carry._name_under_runs(str(tmp_path / "runs" / "search_rules" / "seed0")) == "search_rules/seed0"

@@ -147,6 +147,34 @@ def test_an_imp_chain_folder_refuses_a_chain_for_other_targets(tmp_path):
         oneshot._check_chain(root, chain + [(900, None)], 0.2)
 
 
+def test_an_imp_chain_resumes_from_its_last_finished_round_alone(tmp_path):
+    """A chain carried to another machine keeps only its last finished round's weights
+    (experiments/carry.py): growing it (LOBSTER went sparser) reads no earlier round, keeps the
+    earlier rounds' results, and prunes on from that round's mask."""
+    config = small()
+    root, dense_dir = str(tmp_path / "imp"), str(tmp_path / "dense")
+    first = oneshot.imp(config, root, dense_dir, [40.0], verbose=0)
+    assert sorted(os.listdir(root)) == ["chain.json", "level_01", "level_02", "level_03"]
+    for carried_without in ("level_01", "level_02"):
+        os.remove(os.path.join(root, carried_without, oneshot.FINAL_WEIGHTS))
+    seen = []
+    grown = oneshot.imp(config, root, dense_dir, [40.0, 55.0], verbose=0,
+                        on_level=lambda pct, result: seen.append(pct))
+    assert seen == [40.0, 55.0] and grown[40.0] == first[40.0]
+
+    def pruned(level):
+        model = oneshot.build_model(config)
+        model.load_weights(os.path.join(root, level, oneshot.FINAL_WEIGHTS))
+        return {k: ~m for k, m in oneshot.mask_of(model, _tfmot.KERNEL_ONLY).items()}
+
+    before, after = pruned("level_03"), pruned("level_04")
+    assert all((after[k] >= before[k]).all() for k in before)  # pruned stays pruned
+    kernels = 784 * 300 + 300 * 100 + 100 * 10
+    levels = oneshot.imp_levels([40.0, 55.0], total=266610, kernels=kernels)
+    assert levels[2] == (round(0.4 * 266610), 40.0) and levels[3] == (kernels - round(0.8 ** 3 * kernels), None)
+    assert sum(int(m.sum()) for m in after.values()) == levels[3][0]
+
+
 def test_kernel_target_turns_a_percentage_of_all_parameters_into_kernel_entries():
     model = oneshot.build_model(small())
     n, kernels = oneshot.kernel_target(model, 50.0)
