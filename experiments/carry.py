@@ -120,8 +120,8 @@ def _name_under_runs(run_dir):
 def unpack(archive, parent):
     """Restores ``archive`` under ``parent`` unless a run folder there has as many epochs or more."""
     with tarfile.open(archive, "r:xz") as tar:
-        # The carried folder: the shortest path holding a config.json or sweep_config.json (its
-        # tensorboard/, a sweep's retrainings etc. are deeper).
+        # The carried folder: the shortest path holding a config.json, sweep_config.json or chain.json
+        # (its tensorboard/, a sweep's retrainings, a chain's rounds etc. are deeper).
         members = tar.getmembers()
         name = min((m.name.rsplit("/", 1)[0] for m in members if m.name.rsplit("/", 1)[-1] in ROOT_FILES),
                    key=len)
@@ -179,7 +179,8 @@ def _kind(names):
 
 def _finished_rounds(chain):
     """The chain's finished ``level_KK`` folders, in order (a round is finished when it has its result)."""
-    return sorted(d for d in os.listdir(chain) if os.path.isfile(os.path.join(chain, d, runs.RESULT)))
+    return sorted((d for d in os.listdir(chain) if os.path.isfile(os.path.join(chain, d, runs.RESULT))),
+                  key=lambda d: (len(d), d))  # level_100 after level_99
 
 
 def _count(text, sweep=False):
