@@ -69,7 +69,7 @@ def table(config, rows, setup):
                  f"{100 * r['test_error']:.2f}"]
         for key in methods:
             s = stats[key].get(p)
-            cells.append(f"{s[0]:.2f} ± {s[1]:.2f} ({s[4]})" if s else "-")
+            cells.append("-" if not s else f"{s[0]:.2f} ({s[4]})" if s[4] == 1 else f"{s[0]:.2f} ± {s[1]:.2f} ({s[4]})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -121,7 +121,7 @@ def main(argv=None):
                                                    seeds_caption(config)])))
     text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}), "
             f"{core_hours(rows):.1f} hours of retraining on one core (the sum of `seconds`); "
-            "mean ± sample standard deviation over seeds (n in parentheses).")
+            "mean ± sample standard deviation over seeds (n in parentheses; one seed: its error alone).")
     readme_blocks.write_between_markers(os.path.join(target, "README.md"), "figure1:table", text)
     print(text)
 

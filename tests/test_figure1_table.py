@@ -75,9 +75,9 @@ def test_the_readme_table_is_written_between_its_markers_with_the_status(sweep_f
     assert "old" not in readme
     lines = readme.splitlines()
     # Point 1: LOBSTER 1.80%; the rewinds 2% and 3%: mean 2.50, sample standard deviation 0.71.
-    assert "| 40.15 (0.98), 60.64 (2.44) | 1 | 68.55 | 0.00 | 1.80 | 2.50 ± 0.71 (2) | 2.50 ± 0.00 (1) |" in lines
+    assert "| 40.15 (0.98), 60.64 (2.44) | 1 | 68.55 | 0.00 | 1.80 | 2.50 ± 0.71 (2) | 2.50 (1) |" in lines
     # The paper's later ticks all go to point 2, the sweep's sparsest (point 3 is not one of its points).
-    assert "| 80.06 (11.7), 90.07 (33.66), 95 (48.54), 98 (64.14) | 2 | 79.12 | 0.00 | 1.75 | 2.10 ± 0.00 (1) | - |" in lines
+    assert "| 80.06 (11.7), 90.07 (33.66), 95 (48.54), 98 (64.14) | 2 | 79.12 | 0.00 | 1.75 | 2.10 (1) | - |" in lines
     assert not any("| 3 | 85.00 |" in line for line in lines)
     assert "Status: 4 of 6 runs of " in readme and "done (partial), 2.5 hours of retraining" in readme
     assert (target / "results.csv").read_text() == (sweep_folder / "sweep" / "results.csv").read_text()
