@@ -89,7 +89,7 @@ def seeds_caption(config):
         return ""
     n = "/".join(map(str, counts))
     same = counts == [PAPER_SEEDS]
-    return (f"Frankle & Carbin, Liu et al., random pruning: {n} seeds each"
+    return (f"Frankle & Carbin, Liu et al., random pruning: {n} seed{'' if counts == [1] else 's'} each"
             f"{', as the paper' if same else f' (the paper: {PAPER_SEEDS})'}")
 
 
@@ -120,7 +120,8 @@ def main(argv=None):
                    title="\n".join(filter(None, [f"{config.name} ({status}: {done} of {total} runs)",
                                                    seeds_caption(config)])))
     text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}), "
-            f"{core_hours(rows):.1f} hours of retraining on one core (the sum of `seconds`); "
+            f"{core_hours(rows):.1f} hours of retraining on one core (the sum of `seconds`"
+            f"{'; IMP: only its rounds at these points, not the rounds between' if any(r['method'] == 'imp' for r in rows) else ''}); "
             "mean ± sample standard deviation over seeds (n in parentheses; one seed: its error alone).")
     readme_blocks.write_between_markers(os.path.join(target, "README.md"), "figure1:table", text)
     print(text)

@@ -80,6 +80,8 @@ def test_the_readme_table_is_written_between_its_markers_with_the_status(sweep_f
     assert "| 80.06 (11.7), 90.07 (33.66), 95 (48.54), 98 (64.14) | 2 | 79.12 | 0.00 | 1.75 | 2.10 (1) | - |" in lines
     assert not any("| 3 | 85.00 |" in line for line in lines)
     assert "Status: 4 of 6 runs of " in readme and "done (partial), 2.5 hours of retraining" in readme
+    # The IMP row's seconds are its round at point 1 only, so the status says the hours leave out the others.
+    assert "(the sum of `seconds`; IMP: only its rounds at these points, not the rounds between)" in readme
     assert (target / "results.csv").read_text() == (sweep_folder / "sweep" / "results.csv").read_text()
     assert (target / "figure1.png").stat().st_size > 10_000
 
@@ -89,4 +91,6 @@ def test_the_caption_says_when_the_paper_s_baselines_have_fewer_seeds_than_its_t
     assert figure1_table.seeds_caption(config) == "Frankle & Carbin, Liu et al., random pruning: 2 seeds each (the paper: 10)"
     config = sweep.load_config(str(sweep_folder / "setup.toml"), seeds=list(range(10)))
     assert figure1_table.seeds_caption(config).endswith("10 seeds each, as the paper")
+    config = sweep.load_config(str(sweep_folder / "setup.toml"), seeds=[0])
+    assert figure1_table.seeds_caption(config) == "Frankle & Carbin, Liu et al., random pruning: 1 seed each (the paper: 10)"
     assert figure1_table.seeds_caption(sweep.load_config(str(sweep_folder / "setup.toml"), methods=["imp"])) == ""
