@@ -18,8 +18,18 @@ python experiments/carry.py unpack-all runs/
 for setup in lenet5_fashion_mnist lenet5_mnist; do
     python experiments/carry.py restore-table "experiments/results/$setup/results.csv" "runs/$setup"
     sweep=(kerasprune sweep "experiments/$setup.toml" --out "runs/$setup"
-           --lobster-dir "runs/lobster_${setup}_reference" --jobs "$JOBS")
-    "${sweep[@]}" --methods lottery_rewind random_reinit random_structure
-    "${sweep[@]}"
+           --lobster-dir "runs/lobster_${setup}_reference")
+    "${sweep[@]}" --jobs "$JOBS" --methods lottery_rewind random_reinit random_structure
+    if (( JOBS > 1 )); then
+        # The IMP chains (hours each, one round after another) start at once on one process while
+        # the others take the one-shot runs and then the chains left free, so no chain runs alone
+        # on one core at the end (the sweep's own order puts them last). Locks keep them apart.
+        "${sweep[@]}" --jobs 1 --methods imp --no-assemble &
+        chains=$!
+        "${sweep[@]}" --jobs $((JOBS - 1))
+        wait "$chains"
+    else
+        "${sweep[@]}" --jobs 1
+    fi
     python experiments/figure1_table.py "experiments/$setup.toml" "runs/$setup"
 done
