@@ -26,8 +26,10 @@ for setup in lenet5_fashion_mnist lenet5_mnist; do
         # on one core at the end (the sweep's own order puts them last). Locks keep them apart.
         "${sweep[@]}" --jobs 1 --methods imp --no-assemble &
         chains=$!
+        trap 'kill "$chains" 2>/dev/null' EXIT  # the other sweep failed: stop the chains too
         "${sweep[@]}" --jobs $((JOBS - 1))
         wait "$chains"
+        trap - EXIT
     else
         "${sweep[@]}" --jobs 1
     fi

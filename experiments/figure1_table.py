@@ -98,6 +98,14 @@ def core_hours(rows):
     return sum(r["seconds"] for r in rows if r.get("seconds") is not None) / 3600  # results.read: floats or None
 
 
+def hours_status(rows):
+    """The status line's core-hours and what they count: an IMP row holds only the seconds of its own
+    round, so a chain's rounds between the table's points are not in the sum."""
+    chains = "; IMP: only its rounds at these points, not the rounds between" if any(
+        r["method"] == "imp" for r in rows) else ""
+    return f"{core_hours(rows):.1f} hours of retraining on one core (the sum of `seconds`{chains})"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="the setup's sweep config, e.g. experiments/lenet300_mnist.toml")
@@ -120,8 +128,7 @@ def main(argv=None):
                    title="\n".join(filter(None, [f"{config.name} ({status}: {done} of {total} runs)",
                                                    seeds_caption(config)])))
     text = (f"{table(config, rows, setup)}\n\nStatus: {done} of {total} runs of `{args.config}` done ({status}), "
-            f"{core_hours(rows):.1f} hours of retraining on one core (the sum of `seconds`"
-            f"{'; IMP: only its rounds at these points, not the rounds between' if any(r['method'] == 'imp' for r in rows) else ''}); "
+            f"{hours_status(rows)}; "
             "mean ± sample standard deviation over seeds (n in parentheses; one seed: its error alone).")
     readme_blocks.write_between_markers(os.path.join(target, "README.md"), "figure1:table", text)
     print(text)
