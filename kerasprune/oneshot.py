@@ -290,7 +290,25 @@ def _check_chain(root, levels, rate):
         runs.write_json(path, wanted)
 
 
-def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
+def chain_levels(config, targets_pct, rate=0.2):
+    """The levels (rounds) of an IMP chain on ``config``'s model: :func:`imp_levels` of its counts."""
+    total, kernels = prunable_counts(build_model(config))
+    return imp_levels(targets_pct, total, kernels, rate)
+
+
+def _level_dir(root, index):
+    return os.path.join(root, f"level_{index:02d}")
+
+
+def rounds_finished(root):
+    """How many rounds of the IMP chain in ``root`` have finished (they finish in order)."""
+    index = 0
+    while read_result(_level_dir(root, index + 1)) is not None:
+        index += 1
+    return index
+
+
+def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, on_round=None, **kw):
     """Iterative magnitude pruning with rewinding to the dense run's initial weights.
 
     Each round prunes ``rate`` of the kept kernels (global magnitude of the previous round's
@@ -298,15 +316,16 @@ def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
     exactly. Each round is a run folder ``root/level_KK``, so a killed chain resumes at its last
     unfinished round; of the finished rounds before it, only the last one's weights are read (a chain
     carried to another machine keeps only those). Returns ``{target_pct: result}``;
-    ``on_level(target_pct, result)`` is called as each target level finishes.
+    ``on_level(target_pct, result)`` is called as each target level finishes, ``on_round(round,
+    rounds, result)`` as each round trained by this call does (most rounds are at no target, and a
+    chain is hours of them).
     """
     initial, trained = dense(config, dense_dir, verbose=kw.get("verbose", "auto"))
-    total, kernels = prunable_counts(build_model(config))
-    levels = imp_levels(targets_pct, total, kernels, rate)
+    levels = chain_levels(config, targets_pct, rate)
     _check_chain(root, levels, rate)
     out, previous, mask = {}, trained, None
     for index, (n, target) in enumerate(levels, start=1):
-        level_dir = os.path.join(root, f"level_{index:02d}")
+        level_dir = _level_dir(root, index)
         result = read_result(level_dir)
         if result is None:
             model, values = _trained_kernels(config, previous)
@@ -316,6 +335,8 @@ def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, **kw):
             extra = {"method": "imp", "imp_round": index, "target_pct": target}
             result = retrain(config, level_dir, mask=mask, weights=initial, kinds=_tfmot.KERNEL_ONLY,
                              extra=extra, **kw)
+            if on_round is not None:
+                on_round(index, len(levels), result)
         else:
             mask = None  # read from this round's weights if a later round has to train
         previous = os.path.join(level_dir, FINAL_WEIGHTS)

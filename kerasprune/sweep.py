@@ -396,17 +396,50 @@ class _Context:
         self.points, self.table, self.verbose = points, table, verbose
         self.by_point = {p["point"]: p for p in points}
         self._masks = {}
-        self.total = self.finished = self.finished_before = 0
+        self.total = self.finished = 0
         self.keys = set()
+        self.jobs, self.chain_rounds, self.work_before = [], 0, 0
         self.started = time.time()
 
     def start(self, jobs):
         done = self.table.done()
+        self.jobs = jobs
         self.keys = {k for j in jobs for k in j.keys(self.points)}
         self.total = len(self.keys)
-        self.finished = self.finished_before = len(self.keys & done)
+        self.finished = len(self.keys & done)
+        if any(METHODS[j.method].per_seed for j in jobs):
+            from kerasprune import oneshot
+
+            self.chain_rounds = len(oneshot.chain_levels(self.config.train_config(0), self.imp_targets(),
+                                                         self.config.imp_rate))
+        self.work_before = self.work(done)[0]
         self._check_point_weights([j for j in jobs if not j.is_done(self.points, done)])
         print(f"[sweep] {self.total} runs, {self.finished} already done", flush=True)
+
+    def imp_targets(self):
+        """``{% pruned: point}`` of the points an IMP chain stops at."""
+        return {p["pruned_params_pct"]: p["point"] for p in self.points}
+
+    def work(self, done):
+        """``(retrainings finished, retrainings in all)`` of this sweep's jobs, for the time left: a
+        one-shot run is one retraining, an IMP chain all its rounds (most of which write no row),
+        counted in its folder. ``done``: the table's keys."""
+        from kerasprune import oneshot
+
+        finished = total = 0
+        for job in self.jobs:
+            if METHODS[job.method].per_seed:
+                total += self.chain_rounds
+                finished += min(oneshot.rounds_finished(job.run_dir(self.out)), self.chain_rounds)
+            else:
+                total += 1
+                finished += job.is_done(self.points, done)
+        return finished, total
+
+    def _time_left(self):
+        """``", ~N min left"`` at this session's pace over all processes on the folder, or ``""``."""
+        finished, total = self.work(self.table.done())
+        return time_left_text(time.time() - self.started, finished - self.work_before, total - finished)
 
     def _check_point_weights(self, pending):
         """Fails in one line before any run if a pending run needs a LOBSTER point whose weights are
@@ -478,14 +511,24 @@ class _Context:
             self.record(job, job.point, result, run_dir)
 
     def _progress(self, job, point, result):
-        elapsed = time.time() - self.started
-        done_here = self.finished - self.finished_before
-        left = self.total - self.finished
-        eta = f", ~{elapsed / done_here * left / 60:.1f} min left" if done_here and left > 0 else ""
         name = job.method + (f"_{job.variant}" if job.variant else "")
         print(f"[sweep] run {self.finished}/{self.total} done: {name} point {point} seed {job.seed}: "
               f"test error {100 * result['test_error']:.2f}% at {result['pruned_params_pct']:.2f}% "
-              f"pruned ({elapsed / 60:.1f} min this session{eta})", flush=True)
+              f"pruned ({(time.time() - self.started) / 60:.1f} min this session{self._time_left()})", flush=True)
+
+    def round_done(self, job, index, rounds, result):
+        """One line per IMP round: a chain is hours of rounds, most of them at no point of the table."""
+        print(f"[sweep] imp seed {job.seed}: round {index}/{rounds} done: test error "
+              f"{100 * result['test_error']:.2f}% at {result['pruned_params_pct']:.2f}% pruned "
+              f"({(time.time() - self.started) / 60:.1f} min this session{self._time_left()})", flush=True)
+
+
+def time_left_text(elapsed, finished_here, left):
+    """``", ~N min left"`` if ``left`` retrainings go at the pace of the ``finished_here`` done in
+    ``elapsed`` seconds, else ``""``."""
+    if finished_here <= 0 or left <= 0:
+        return ""
+    return f", ~{elapsed / finished_here * left / 60:.1f} min left"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,9 +576,10 @@ def _imp(ctx, job, config, run_dir, verbose):
     from kerasprune import oneshot
 
     dense_dir, _, _ = ctx.dense(job.seed)
-    targets = {p["pruned_params_pct"]: p["point"] for p in ctx.points}
+    targets = ctx.imp_targets()
     oneshot.imp(config, run_dir, dense_dir, sorted(targets), rate=ctx.config.imp_rate, verbose=verbose,
-                on_level=lambda pct, result: ctx.record(job, targets[pct], result, result["run_dir"]))
+                on_level=lambda pct, result: ctx.record(job, targets[pct], result, result["run_dir"]),
+                on_round=lambda index, rounds, result: ctx.round_done(job, index, rounds, result))
 
 
 @method("polynomial_decay")

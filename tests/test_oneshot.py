@@ -157,10 +157,15 @@ def test_an_imp_chain_resumes_from_its_last_finished_round_alone(tmp_path):
     assert sorted(os.listdir(root)) == ["chain.json", "level_01", "level_02", "level_03"]
     for carried_without in ("level_01", "level_02"):
         os.remove(os.path.join(root, carried_without, oneshot.FINAL_WEIGHTS))
-    seen = []
+    assert oneshot.rounds_finished(root) == 3
+    seen, rounds = [], []
     grown = oneshot.imp(config, root, dense_dir, [40.0, 55.0], verbose=0,
-                        on_level=lambda pct, result: seen.append(pct))
+                        on_level=lambda pct, result: seen.append(pct),
+                        on_round=lambda index, total, result: rounds.append((index, total)))
     assert seen == [40.0, 55.0] and grown[40.0] == first[40.0]
+    # Rounds 1-3 were done: only the rounds trained now are reported, out of the whole chain's.
+    n = len(oneshot.chain_levels(config, [40.0, 55.0]))
+    assert rounds == [(k, n) for k in range(4, n + 1)] and oneshot.rounds_finished(root) == n
 
     def pruned(level):
         model = oneshot.build_model(config)

@@ -307,6 +307,35 @@ def test_sweep_of_chosen_points_exports_g_and_1s_at_the_sparsest_chosen_point(tm
         sweep.run(tiny(lobster_dir, seeds=[0], methods=["lottery_rewind"], points=[1]), out, verbose=0)
 
 
+def test_time_left_counts_an_imp_chain_as_all_its_rounds_not_its_rows(tmp_path, lobster_dir):
+    # An IMP chain writes a row only at the table's points, but trains every round between them: the
+    # time left must count its rounds, or a sweep ending in chains says minutes where hours are left.
+    from kerasprune import runs
+
+    config = tiny(lobster_dir, seeds=[0, 1], methods=["lottery_rewind", "imp"])
+    points = [p for p in sweep.read_operating_points(lobster_dir) if p["point"] in (1, 2)]
+    out = str(tmp_path / "sweep")
+    table = results.ResultsTable(os.path.join(out, "results.csv"))
+    ctx = sweep._Context(config, out, lobster_dir, points, table, verbose=0)
+    ctx.start(sweep.jobs_for(config, points))  # 2 points x 2 seeds of rewinds, 2 IMP chains
+    # LeNet-300: 266,200 kernel entries of 266,610 parameters; the points are 50% and 80% pruned. At
+    # rate 0.5 a chain prunes 133,100, then the 50% level, then 199,650, then the 80% level: 4 rounds.
+    pcts = [p["pruned_params_pct"] for p in points]
+    assert pcts == [pytest.approx(50.0, abs=0.01), pytest.approx(80.0, abs=0.01)]
+    assert ctx.chain_rounds == len(oneshot.imp_levels(pcts, total=266610, kernels=266200, rate=0.5)) == 4
+    assert ctx.work(table.done()) == (0, 4 + 2 * 4)
+    for seed, point in ((0, 1), (1, 1), (0, 2)):
+        table.append(row("lottery_rewind", point=point, seed=seed))
+    for level in ("level_01", "level_02"):  # seed 0's chain: two rounds finished
+        os.makedirs(os.path.join(out, "runs", "imp", "seed_0", level))
+        runs.mark_finished(os.path.join(out, "runs", "imp", "seed_0", level), "retrain", {"test_error": 0.1})
+    os.makedirs(os.path.join(out, "runs", "imp", "seed_1", "level_01"))  # started, not finished
+    assert ctx.work(table.done()) == (3 + 2, 12)
+    # 5 retrainings in 10 minutes this session: 7 left, 14 minutes.
+    assert sweep.time_left_text(600.0, 5, 7) == ", ~14.0 min left"
+    assert sweep.time_left_text(600.0, 0, 7) == "" and sweep.time_left_text(600.0, 5, 0) == ""
+
+
 def test_sweep_refuses_a_lobster_dir_of_another_setup_and_points_it_does_not_have(tmp_path, lobster_dir):
     with pytest.raises(KerasPruneError, match="dataset: 'mnist' there, 'fashion_mnist' here"):
         sweep.run(tiny(lobster_dir, dataset="fashion_mnist"), str(tmp_path / "a"), verbose=0)
