@@ -111,7 +111,7 @@ def retrain(config, run_dir, mask=None, weights=None, schedule=None, kinds=_tfmo
     done = runs.start(run_dir, config, "retrain")
     if done is not None:
         return done
-    start = time.time()
+    start = time.time() - training.elapsed_seconds(run_dir)  # a resumed run counts its earlier sessions
     wrapped, splits = prepare(config, mask, weights, schedule, kinds)
     history, _ = training.fit_and_record(wrapped, splits, run_dir, config.epochs,
                                          callbacks=_tfmot.callbacks() + [sparsity.SparsityLogger()],
@@ -172,7 +172,7 @@ def dense(config, run_dir, verbose="auto"):
     trained = runs.run_file(run_dir, FINAL_WEIGHTS)
     if runs.start(run_dir, config, "retrain") is not None:
         return initial, trained
-    start = time.time()
+    start = time.time() - training.elapsed_seconds(run_dir)  # a resumed run counts its earlier sessions
     model, splits = build(config)
     if is_chief() and not os.path.isfile(initial):  # on resume, keep the true initial weights
         runs.save_weights(model, initial)

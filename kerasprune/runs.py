@@ -37,6 +37,7 @@ TENSORBOARD = "tensorboard"
 BACKUP = "backup"  # BackupAndRestore state: a killed run resumes from here
 CHECKPOINTS = "checkpoints"
 BEST_WEIGHTS = os.path.join(CHECKPOINTS, "best.weights.h5")  # best by validation loss
+ELAPSED = "elapsed.json"  # seconds of the finished epochs over every session (a resumed run's whole time)
 INITIAL_WEIGHTS = "initial.weights.h5"  # weights at initialisation, for lottery-ticket rewinding
 FINAL_WEIGHTS = "final.weights.h5"  # a retraining's or transfer's selected weights, plain layers
 LR_PLATEAU_STATE = "lr_plateau_state.json"  # ResumableReduceLROnPlateau's counters
@@ -61,7 +62,7 @@ SAVED_MODELS_ENV = "KERASPRUNE_SAVED_MODELS"
 LOCK = ".lock"
 
 # What a run leaves before its first finished epoch; removed when it restarts with other settings.
-_UNSTARTED = (CONFIG, INITIAL_WEIGHTS, BACKUP, TENSORBOARD, HISTORY, CHECKPOINTS, POINTS_DIR, POINTS_CSV,
+_UNSTARTED = (CONFIG, INITIAL_WEIGHTS, BACKUP, TENSORBOARD, HISTORY, ELAPSED, CHECKPOINTS, POINTS_DIR, POINTS_CSV,
               PROGRESSION_PLOT, LR_PLATEAU_STATE)
 
 

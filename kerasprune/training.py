@@ -124,7 +124,7 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
     """The callbacks every run gets: LR logging, NaN guard, CSV history, TensorBoard, best
     checkpoint by ``monitor`` and (optionally) BackupAndRestore in ``run_dir``."""
     history_path = runs.run_file(run_dir, runs.HISTORY)
-    callbacks = [LearningRateLogger(), StopOnNaN()]
+    callbacks = [LearningRateLogger(), StopOnNaN(), ElapsedTime(run_dir)]
     # Every record of an epoch before its backup: a kill in between then repeats the epoch (its
     # history row comes twice; read_history keeps the last) instead of losing the row or the best
     # checkpoint, which would leave the run one epoch short, or its best weights unsaved, forever.
@@ -145,6 +145,30 @@ def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True
         callbacks.append(keras.callbacks.BackupAndRestore(runs.run_file(run_dir, runs.BACKUP)))
     callbacks.append(ShortConsoleLine())
     return callbacks
+
+
+def elapsed_seconds(run_dir):
+    """Seconds the finished epochs of ``run_dir`` took over all its sessions (0 before the first)."""
+    path = runs.run_file(run_dir, runs.ELAPSED)
+    return float(read_json(path)["seconds"]) if os.path.isfile(path) else 0.0
+
+
+class ElapsedTime(keras.callbacks.Callback):
+    """Keeps ``elapsed.json`` at each epoch's end, so a run killed and resumed can report the time
+    of all its sessions, not of its last one alone (a Figure 1 cost is the sum of its runs')."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = run_dir
+        self.before = self.started = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.before, self.started = elapsed_seconds(self.run_dir), time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if is_chief():
+            write_json(runs.run_file(self.run_dir, runs.ELAPSED),
+                       {"seconds": self.before + time.time() - self.started})
 
 
 class ShortConsoleLine(keras.callbacks.Callback):

@@ -102,6 +102,36 @@ def test_seeds_change_initialisation_but_not_the_mask():
     assert not np.array_equal(a["fc1/kernel"], b["fc1/kernel"])
 
 
+def test_a_resumed_retraining_reports_the_seconds_of_all_its_sessions(tmp_path, monkeypatch):
+    # Figure 1's costs are sums of `seconds`: a run cut by a session's end and resumed must count the
+    # epochs of its first session too, not only its last (which could be seconds long).
+    import time
+
+    from kerasprune import runs
+
+    config, run_dir = small(epochs=2), str(tmp_path / "run")
+
+    class KilledAfterFirstEpoch(sparsity.SparsityLogger):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if epoch == 1:
+                raise KeyboardInterrupt  # a kill in epoch 1, after epoch 0 was recorded
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sparsity, "SparsityLogger", KilledAfterFirstEpoch)
+        with pytest.raises(KeyboardInterrupt):
+            oneshot.retrain(config, run_dir, verbose=0)
+    first = training.elapsed_seconds(run_dir)
+    assert first > 0 and len(training.read_history(run_dir)) == 1
+    # Pretend the first session was long, so the check does not hang on timing noise.
+    runs.write_json(os.path.join(run_dir, runs.ELAPSED), {"seconds": first + 1000.0})
+    started = time.time()
+    result = oneshot.retrain(config, run_dir, verbose=0)
+    second = time.time() - started
+    assert result["epochs"] == 2
+    assert first + 1000.0 < result["seconds"] <= first + 1000.0 + second
+
+
 def test_global_magnitude_mask_prunes_the_smallest_entries_over_all_tensors():
     values_ = {"a": np.array([[0.5, -0.1], [3.0, 0.2]]), "b": np.array([-0.05, 1.0, -0.3])}
     mask = oneshot.global_magnitude_mask(values_, 3)
