@@ -121,8 +121,8 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
 
 
 def run_callbacks(run_dir, monitor="val_loss", backup=True, best_checkpoint=True):
-    """The callbacks every run gets: LR logging, NaN guard, CSV history, TensorBoard, best
-    checkpoint by ``monitor`` and (optionally) BackupAndRestore in ``run_dir``."""
+    """The callbacks every run gets: LR logging, NaN guard, elapsed time, CSV history, TensorBoard,
+    best checkpoint by ``monitor`` and (optionally) BackupAndRestore in ``run_dir``."""
     history_path = runs.run_file(run_dir, runs.HISTORY)
     callbacks = [LearningRateLogger(), StopOnNaN(), ElapsedTime(run_dir)]
     # Every record of an epoch before its backup: a kill in between then repeats the epoch (its
