@@ -96,7 +96,7 @@ def pack(run_dir, points="last", out=None):
             if runs.RESULT in files:  # a finished retraining (of a sweep): its model, not its resume state
                 dirs[:] = [d for d in dirs if d not in DONE_SKIP]
             if runs.IMP_CHAIN in files:
-                superseded |= {os.path.join(root, d) for d in _finished_rounds(root)[:-1]}
+                superseded |= {os.path.join(root, d) for d in runs.finished_rounds(root)[:-1]}
             for f in files:
                 if f.endswith(".tmp") or ".tmp." in f:
                     continue
@@ -160,7 +160,7 @@ def progress_in(folder):
     """A run folder's epochs, a chain's finished rounds, or the rows of a sweep folder's results.csv."""
     kind = _kind(os.listdir(folder) if os.path.isdir(folder) else ())
     if kind == "chain":
-        return len(_finished_rounds(folder))
+        return len(runs.finished_rounds(folder))
     path = os.path.join(folder, runs.RESULTS if kind == "sweep" else runs.HISTORY)
     if not os.path.isfile(path):
         return 0
@@ -175,12 +175,6 @@ def progress_text(folder):
 def _kind(names):
     """``"sweep"``, ``"chain"`` (IMP) or ``"run"``, from the names in the folder's top level."""
     return "sweep" if runs.SWEEP_CONFIG in names else "chain" if runs.IMP_CHAIN in names else "run"
-
-
-def _finished_rounds(chain):
-    """The chain's finished ``level_KK`` folders, in order (a round is finished when it has its result)."""
-    return sorted((d for d in os.listdir(chain) if os.path.isfile(os.path.join(chain, d, runs.RESULT))),
-                  key=lambda d: (len(d), d))  # level_100 after level_99
 
 
 def _count(text, sweep=False):

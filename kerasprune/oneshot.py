@@ -300,14 +300,6 @@ def _level_dir(root, index):
     return os.path.join(root, f"level_{index:02d}")
 
 
-def rounds_finished(root):
-    """How many rounds of the IMP chain in ``root`` have finished (they finish in order)."""
-    index = 0
-    while read_result(_level_dir(root, index + 1)) is not None:
-        index += 1
-    return index
-
-
 def imp(config, root, dense_dir, targets_pct, rate=0.2, on_level=None, on_round=None, **kw):
     """Iterative magnitude pruning with rewinding to the dense run's initial weights.
 

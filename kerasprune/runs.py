@@ -265,6 +265,13 @@ def finished(run_dir, stage, **where):
     return read_json(path) if os.path.isfile(path) else None
 
 
+def finished_rounds(chain):
+    """An IMP chain's finished ``level_KK`` folders, in order (a round is finished when it has its
+    result; rounds finish one after another)."""
+    return sorted((d for d in os.listdir(chain) if os.path.isfile(os.path.join(chain, d, RESULT))),
+                  key=lambda d: (len(d), d))  # level_100 after level_99
+
+
 def mark_finished(run_dir, stage, record, **where):
     """Writes ``record`` as ``stage``'s marker: call it last, once everything else is written."""
     write_json(finished_marker(run_dir, stage, **where), record)

@@ -424,21 +424,21 @@ class _Context:
         """``(retrainings finished, retrainings in all)`` of this sweep's jobs, for the time left: a
         one-shot run is one retraining, an IMP chain all its rounds (most of which write no row),
         counted in its folder. ``done``: the table's keys."""
-        from kerasprune import oneshot
-
         finished = total = 0
         for job in self.jobs:
             if METHODS[job.method].per_seed:
+                chain = job.run_dir(self.out)
                 total += self.chain_rounds
-                finished += min(oneshot.rounds_finished(job.run_dir(self.out)), self.chain_rounds)
+                finished += min(len(runs.finished_rounds(chain)) if os.path.isdir(chain) else 0,
+                                self.chain_rounds)
             else:
                 total += 1
                 finished += job.is_done(self.points, done)
         return finished, total
 
-    def _time_left(self):
+    def _time_left(self, done):
         """``", ~N min left"`` at this session's pace over all processes on the folder, or ``""``."""
-        finished, total = self.work(self.table.done())
+        finished, total = self.work(done)
         return time_left_text(time.time() - self.started, finished - self.work_before, total - finished)
 
     def _check_point_weights(self, pending):
@@ -495,8 +495,9 @@ class _Context:
         if _append(self.table, row):
             # Count from the table: another sweep on the same folder may have finished runs too,
             # and the time-left estimate should follow the table's pace, not this process's alone.
-            self.finished = len(self.keys & self.table.done())
-            self._progress(job, point, result)
+            done = self.table.done()
+            self.finished = len(self.keys & done)
+            self._progress(job, point, result, done)
 
     def _execute(self, job, run_dir):
         method = METHODS[job.method]
@@ -510,17 +511,18 @@ class _Context:
         if result is not None:
             self.record(job, job.point, result, run_dir)
 
-    def _progress(self, job, point, result):
+    def _progress(self, job, point, result, done):
         name = job.method + (f"_{job.variant}" if job.variant else "")
         print(f"[sweep] run {self.finished}/{self.total} done: {name} point {point} seed {job.seed}: "
               f"test error {100 * result['test_error']:.2f}% at {result['pruned_params_pct']:.2f}% "
-              f"pruned ({(time.time() - self.started) / 60:.1f} min this session{self._time_left()})", flush=True)
+              f"pruned ({(time.time() - self.started) / 60:.1f} min this session{self._time_left(done)})", flush=True)
 
     def round_done(self, job, index, rounds, result):
         """One line per IMP round: a chain is hours of rounds, most of them at no point of the table."""
         print(f"[sweep] imp seed {job.seed}: round {index}/{rounds} done: test error "
               f"{100 * result['test_error']:.2f}% at {result['pruned_params_pct']:.2f}% pruned "
-              f"({(time.time() - self.started) / 60:.1f} min this session{self._time_left()})", flush=True)
+              f"({(time.time() - self.started) / 60:.1f} min this session{self._time_left(self.table.done())})",
+              flush=True)
 
 
 def time_left_text(elapsed, finished_here, left):

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from kerasprune import _tfmot, oneshot, sparsity, training
+from kerasprune import _tfmot, oneshot, runs, sparsity, training
 from kerasprune._keras import keras, tf
 from kerasprune.errors import KerasPruneError
 
@@ -107,8 +107,6 @@ def test_a_resumed_retraining_reports_the_seconds_of_all_its_sessions(tmp_path, 
     # epochs of its first session too, not only its last (which could be seconds long).
     import time
 
-    from kerasprune import runs
-
     config, run_dir = small(epochs=2), str(tmp_path / "run")
 
     class KilledAfterFirstEpoch(sparsity.SparsityLogger):
@@ -187,7 +185,7 @@ def test_an_imp_chain_resumes_from_its_last_finished_round_alone(tmp_path):
     assert sorted(os.listdir(root)) == ["chain.json", "level_01", "level_02", "level_03"]
     for carried_without in ("level_01", "level_02"):
         os.remove(os.path.join(root, carried_without, oneshot.FINAL_WEIGHTS))
-    assert oneshot.rounds_finished(root) == 3
+    assert len(runs.finished_rounds(root)) == 3
     seen, rounds = [], []
     grown = oneshot.imp(config, root, dense_dir, [40.0, 55.0], verbose=0,
                         on_level=lambda pct, result: seen.append(pct),
@@ -195,7 +193,7 @@ def test_an_imp_chain_resumes_from_its_last_finished_round_alone(tmp_path):
     assert seen == [40.0, 55.0] and grown[40.0] == first[40.0]
     # Rounds 1-3 were done: only the rounds trained now are reported, out of the whole chain's.
     n = len(oneshot.chain_levels(config, [40.0, 55.0]))
-    assert rounds == [(k, n) for k in range(4, n + 1)] and oneshot.rounds_finished(root) == n
+    assert rounds == [(k, n) for k in range(4, n + 1)] and len(runs.finished_rounds(root)) == n
 
     def pruned(level):
         model = oneshot.build_model(config)
