@@ -58,10 +58,18 @@ def prunable_counts(model):
     return total, kernels
 
 
-def kernel_target(model, pruned_params_pct):
-    """How many kernel entries to prune so that ``pruned_params_pct`` of all prunable parameters
-    (kernels, biases, norms: the sparsity report's count) are pruned, kernels alone carrying it."""
+def kernel_target(model, pruned_params_pct=None, kept_kernels=None):
+    """How many kernel entries to prune, and of how many: either so that ``pruned_params_pct`` of
+    all prunable parameters (kernels, biases, norms: the sparsity report's count) are pruned,
+    kernels alone carrying it (TF-MOT's and open_lth's way), or so that exactly ``kept_kernels``
+    kernel entries stay (another mask's kernel count, e.g. LOBSTER's, which prunes biases too)."""
+    if (pruned_params_pct is None) == (kept_kernels is None):
+        raise KerasPruneError("give one of pruned_params_pct and kept_kernels")
     total, kernels = prunable_counts(model)
+    if kept_kernels is not None:
+        if not 0 < kept_kernels <= kernels:
+            raise KerasPruneError(f"cannot keep {kept_kernels} of {kernels} kernel entries")
+        return kernels - int(kept_kernels), kernels
     n = int(round(pruned_params_pct / 100.0 * total))
     if n >= kernels:
         raise KerasPruneError(f"{pruned_params_pct:.2f}% of {total} parameters is more than all "

@@ -197,11 +197,13 @@ def _trained_kernels(config, weights):
     return model, {k: v.numpy() for k, v in _tfmot.masked_parameters(model, _tfmot.KERNEL_ONLY).items()}
 
 
-def magnitude_oneshot(config, run_dir, dense_weights, pruned_params_pct, scope="global", **kw):
+def magnitude_oneshot(config, run_dir, dense_weights, pruned_params_pct=None, scope="global", kept_kernels=None,
+                      **kw):
     """Prunes the trained dense model once by kernel magnitude and fine-tunes with the mask fixed.
 
     ``scope="layer"`` lets TF-MOT compute the masks (``ConstantSparsity`` at the first step only:
-    the same fraction of every kernel); ``"global"`` uses one threshold over all kernels.
+    the same fraction of every kernel); ``"global"`` uses one threshold over all kernels. The
+    target is ``pruned_params_pct`` of all parameters or ``kept_kernels`` (:func:`kernel_target`).
     """
     if scope not in ("layer", "global"):
         raise KerasPruneError(f"unknown magnitude scope {scope!r}; valid: layer, global")
@@ -209,8 +211,8 @@ def magnitude_oneshot(config, run_dir, dense_weights, pruned_params_pct, scope="
     if done is not None:
         return done
     model, kernels = _trained_kernels(config, dense_weights)
-    n, total = kernel_target(model, pruned_params_pct)
-    extra = {"method": "magnitude_oneshot", "variant": scope}
+    n, total = kernel_target(model, pruned_params_pct, kept_kernels)
+    extra = {"method": "magnitude_oneshot", "variant": scope, "kept_kernels": total - n}
     if scope == "layer":
         return retrain(config, run_dir, weights=dense_weights, schedule=_tfmot.constant_once(n / total),
                        kinds=_tfmot.KERNEL_ONLY, extra=extra, **kw)
@@ -219,22 +221,23 @@ def magnitude_oneshot(config, run_dir, dense_weights, pruned_params_pct, scope="
                    extra=extra, **kw)
 
 
-def polynomial_decay(config, run_dir, dense_weights, pruned_params_pct, end_fraction=0.7, **kw):
+def polynomial_decay(config, run_dir, dense_weights, pruned_params_pct=None, end_fraction=0.7, kept_kernels=None,
+                     **kw):
     """TF-MOT's gradual pruning from the trained dense model: sparsity rises as Zhu & Gupta's cubic
     from 0 to the target over the first ``end_fraction`` of the fine-tuning steps, mask updates
     every ~1/10 epoch, then training continues with the final mask. Final weights are used (earlier
-    checkpoints are less sparse)."""
+    checkpoints are less sparse). The target as :func:`magnitude_oneshot`'s."""
     done = runs.start(run_dir, config, "retrain")
     if done is not None:
         return done
     model, _ = _trained_kernels(config, dense_weights)
-    n, total = kernel_target(model, pruned_params_pct)
+    n, total = kernel_target(model, pruned_params_pct, kept_kernels)
     steps_per_epoch = _steps_per_epoch(config)
     end = max(1, int(end_fraction * config.epochs * steps_per_epoch))
     schedule = _tfmot.polynomial_decay(n / total, begin_step=0, end_step=end,
                                        frequency=max(1, min(steps_per_epoch // 10, end)))
     return retrain(config, run_dir, weights=dense_weights, schedule=schedule, kinds=_tfmot.KERNEL_ONLY,
-                   select="final", extra={"method": "polynomial_decay"}, **kw)
+                   select="final", extra={"method": "polynomial_decay", "kept_kernels": total - n}, **kw)
 
 
 def _steps_per_epoch(config):

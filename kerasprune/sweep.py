@@ -38,6 +38,7 @@ FRESH_INIT_SEED_OFFSET = 10_000
 # The paper's "1-S": "the best one-shot solution (Frankle and Carbin)" (Fig. 2's caption), so only
 # rewinds compete for it; a re-init or random structure with a lower validation error is not 1-S.
 ONESHOT_FOR_EXPORT = ("lottery_rewind",)
+MAGNITUDE_COUNTS = ("params", "kernels")  # SweepConfig.magnitude_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Method:
     variants: Optional[str] = None  # the SweepConfig field that lists its variants (one run each)
     per_seed: bool = False  # one run per seed covers every point (a chain of rounds)
     uses_mask: bool = False  # needs LOBSTER's weights at its point (:meth:`_Context.mask`)
+    counted: bool = False  # prunes kernels to a count taken from the point (SweepConfig.magnitude_count)
 
 
 METHODS = Registry("sweep method")  # registered in Figure 1's order, which a sweep runs and results.csv keeps
@@ -83,6 +85,13 @@ class SweepConfig(RunSettings):
     epochs: int = setting(10, "retraining epochs of every baseline (and of each IMP round)")
     dense_epochs: int = setting(10, "training epochs of the dense model the magnitude baselines prune")
     imp_rate: float = setting(0.2, "fraction of the kept kernels each IMP round prunes")
+    # LOBSTER prunes biases too, so at its count of pruned parameters a kernel-only method keeps
+    # fewer kernel weights than LOBSTER's mask (32% fewer at LeNet-5's 99.58%); "kernels" compares
+    # them at equal kernel weights instead. "params" is TF-MOT's and open_lth's way, the default.
+    magnitude_count: str = setting("params", "what magnitude_oneshot and polynomial_decay match at a LOBSTER point: "
+                                             "params (its pruned share of all parameters, kernels alone carrying "
+                                             "it) or kernels (the kernel weights its mask keeps)",
+                                   choices=MAGNITUDE_COUNTS)
     lobster_dir: Optional[str] = setting(None, "use this existing LOBSTER run folder (its finished operating "
                                                "points) instead of running LOBSTER in OUT/lobster")
     # One init for the LOBSTER run and every fresh model of the sweep (re-inits, random structures,
@@ -114,6 +123,12 @@ class SweepConfig(RunSettings):
             raise KerasPruneError(f"[method_seeds] must list at least one seed for {empty}")
         if not 0 < self.imp_rate < 1:
             raise KerasPruneError(f"imp_rate must be in (0, 1), got {self.imp_rate}")
+        if self.magnitude_count not in MAGNITUDE_COUNTS:
+            raise KerasPruneError(f"magnitude_count must be one of {', '.join(MAGNITUDE_COUNTS)}, "
+                                  f"got {self.magnitude_count!r}")
+        if self.magnitude_count == "kernels" and "imp" in self.methods:
+            raise KerasPruneError("magnitude_count = 'kernels' applies to magnitude_oneshot and polynomial_decay; "
+                                  "an IMP chain's levels are shares of all parameters: drop imp from methods")
         if parse_strategy(self.strategy)[0] == "multiworker":
             # Every worker would take the sweep's file locks on its own and pick its own next
             # run, so the workers' collectives fall out of step (or wait on each other's lock).
@@ -267,6 +282,19 @@ def jobs_for(config, points):
     return jobs
 
 
+def _check_same_count(config, out, table):
+    """Refuses to mix magnitude counts in one folder: a run's folder and row do not say which count
+    made them, so the table would mix two experiments under one method name."""
+    path = os.path.join(out, runs.SWEEP_CONFIG)
+    if not os.path.isfile(path):
+        return
+    before = runs.read_json(path).get("magnitude_count", "params")  # folders older than the setting
+    counted = [m for m in METHODS if METHODS[m].counted]
+    if before != config.magnitude_count and any(r["method"] in counted for r in table.rows()):
+        raise KerasPruneError(f"{out} has {', '.join(counted)} rows made with magnitude_count = {before!r}, not "
+                              f"{config.magnitude_count!r}; use another --out")
+
+
 LOBSTER_RUN_ID = "lobster"  # --only lobster: the LOBSTER run the sweep's points come from
 
 
@@ -280,9 +308,10 @@ def run(config, out, verbose="auto", only=None, assemble=True):
     """
     declare_strategy(config.strategy)  # before the first write (a stale TF_CONFIG must not mute it)
     os.makedirs(out, exist_ok=True)
+    table = ResultsTable(os.path.join(out, runs.RESULTS))
+    _check_same_count(config, out, table)
     if is_chief():
         runs.write_json(os.path.join(out, runs.SWEEP_CONFIG), dataclasses.asdict(config))
-    table = ResultsTable(os.path.join(out, runs.RESULTS))
     lobster_dir = ensure_lobster(config, out, verbose)
     all_points = read_operating_points(lobster_dir)
     for row in all_points:
@@ -444,13 +473,15 @@ class _Context:
     def _check_point_weights(self, pending):
         """Fails in one line before any run if a pending run needs a LOBSTER point whose weights are
         gone (a run carried across machines keeps only the points packed with it), not at that run."""
-        needed = sorted({j.point for j in pending if METHODS[j.method].uses_mask})
+        users = [m for m in METHODS if METHODS[m].uses_mask
+                 or (METHODS[m].counted and self.config.magnitude_count == "kernels")]
+        needed = sorted({j.point for j in pending if j.method in users})
         missing = [p for p in needed
                    if not os.path.isfile(os.path.join(self.lobster_dir, self.by_point[p]["weights"]))]
         if missing:
             raise KerasPruneError(
                 f"{self.lobster_dir} has no weights of points {missing}, which runs of "
-                f"{', '.join(m for m in METHODS if METHODS[m].uses_mask)} still need (a carried run keeps only "
+                f"{', '.join(users)} still need (a carried run keeps only "
                 "the points packed with `experiments/carry.py pack --points`); restore them, or rerun only "
                 "--methods that do not use LOBSTER's masks")
 
@@ -458,6 +489,16 @@ class _Context:
         if point not in self._masks:
             self._masks[point] = point_mask(self.config, self.lobster_dir, self.by_point[point])
         return self._masks[point]
+
+    def magnitude_target(self, point):
+        """The target of a kernel-only method at ``point``: keyword arguments of
+        :func:`kerasprune.oneshot.magnitude_oneshot` (``magnitude_count``)."""
+        if self.config.magnitude_count == "kernels":
+            from kerasprune import masks
+
+            kept = masks.count_kept(self.mask(point))
+            return {"kept_kernels": sum(n for key, n in kept.items() if key.endswith("/kernel"))}
+        return {"pruned_params_pct": self.by_point[point]["pruned_params_pct"]}
 
     def fresh_init_seed(self, seed):
         """Init seed of a *fresh* initialisation (Liu et al., random structure) for sweep seed ``seed``.
@@ -562,14 +603,14 @@ def _random_structure(ctx, job, config, run_dir, verbose):
                                     verbose=verbose)
 
 
-@method("magnitude_oneshot", variants="magnitude_scopes")
+@method("magnitude_oneshot", variants="magnitude_scopes", counted=True)
 def _magnitude_oneshot(ctx, job, config, run_dir, verbose):
     """The trained dense model's kernels pruned once to the point's count (per layer or global), fine-tuned."""
     from kerasprune import oneshot
 
     _, _, (_, trained) = ctx.dense(job.seed)
-    return oneshot.magnitude_oneshot(config, run_dir, trained, ctx.by_point[job.point]["pruned_params_pct"],
-                                     scope=job.variant, verbose=verbose)
+    return oneshot.magnitude_oneshot(config, run_dir, trained, scope=job.variant, verbose=verbose,
+                                     **ctx.magnitude_target(job.point))
 
 
 @method("imp", per_seed=True)
@@ -584,14 +625,13 @@ def _imp(ctx, job, config, run_dir, verbose):
                 on_round=lambda index, rounds, result: ctx.round_done(job, index, rounds, result))
 
 
-@method("polynomial_decay")
+@method("polynomial_decay", counted=True)
 def _polynomial_decay(ctx, job, config, run_dir, verbose):
     """TF-MOT's gradual PolynomialDecay from the trained dense model to the point's count."""
     from kerasprune import oneshot
 
     _, _, (_, trained) = ctx.dense(job.seed)
-    return oneshot.polynomial_decay(config, run_dir, trained, ctx.by_point[job.point]["pruned_params_pct"],
-                                    verbose=verbose)
+    return oneshot.polynomial_decay(config, run_dir, trained, verbose=verbose, **ctx.magnitude_target(job.point))
 
 
 BASELINES = tuple(METHODS)

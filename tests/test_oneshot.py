@@ -215,6 +215,18 @@ def test_kernel_target_turns_a_percentage_of_all_parameters_into_kernel_entries(
     assert n == round(0.5 * 266610)
 
 
+def test_kernel_target_can_keep_another_masks_kernel_count_and_says_what_is_wrong():
+    model = oneshot.build_model(small())
+    kernels = 784 * 300 + 300 * 100 + 100 * 10
+    assert oneshot.kernel_target(model, kept_kernels=1807) == (kernels - 1807, kernels)
+    with pytest.raises(KerasPruneError, match="^give one of pruned_params_pct and kept_kernels$"):
+        oneshot.kernel_target(model, 50.0, kept_kernels=1807)
+    with pytest.raises(KerasPruneError, match="^give one of"):
+        oneshot.kernel_target(model)
+    with pytest.raises(KerasPruneError, match=f"^cannot keep 0 of {kernels} kernel entries$"):
+        oneshot.kernel_target(model, kept_kernels=0)
+
+
 def test_tfmot_layer_oneshot_prunes_every_kernel_to_the_target_and_keeps_the_mask(tmp_path):
     config = small(epochs=1)
     dense = oneshot.build_model(config)

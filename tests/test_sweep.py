@@ -359,6 +359,46 @@ def test_sweep_without_a_needed_points_weights_fails_in_one_line_before_any_run(
         "lottery_rewind", "random_reinit", "random_structure"]
 
 
+def test_kernel_count_matching_keeps_lobsters_kernel_weights_and_is_not_mixed_with_the_default(tmp_path, lobster_dir):
+    """magnitude_count = "kernels": the kernel-only methods keep as many kernel weights as LOBSTER's
+    mask at the point (which also prunes biases), instead of pruning its share of all parameters."""
+    from kerasprune import _tfmot, masks
+
+    lobster = oneshot.build_model(training.TrainConfig(epochs=1, seed=0, **DATA))
+    lobster.load_weights(os.path.join(lobster_dir, "points", "point_002.weights.h5"))
+    wanted = sum(masks.count_kept(masks.mask_of(lobster, _tfmot.KERNEL_ONLY)).values())
+    total, kernels = masks.prunable_counts(lobster)
+    biases_pruned = sum(masks.count_kept({k: ~m for k, m in masks.mask_of(lobster).items()
+                                          if k.endswith("/bias")}).values())
+    assert biases_pruned > 0  # else both counts would agree and the test could not fail
+    out = str(tmp_path / "sweep")
+    config = tiny(lobster_dir, seeds=[0], points=[2], methods=["magnitude_oneshot", "polynomial_decay"],
+                  magnitude_scopes=["global"], magnitude_count="kernels")
+    sweep.run(config, out, verbose=0)
+    rows = [r for r in results.read(os.path.join(out, "results.csv")) if r["method"] != "lobster"]
+    assert len(rows) == 2
+    for r in rows:
+        model = oneshot.build_model(training.TrainConfig(epochs=1, seed=0, **DATA))
+        model.load_weights(os.path.join(out, r["run_dir"], oneshot.FINAL_WEIGHTS))
+        kept = sum(masks.count_kept(masks.mask_of(model, _tfmot.KERNEL_ONLY)).values())
+        if r["method"] == "magnitude_oneshot":
+            assert kept == wanted
+        else:  # TF-MOT's per-layer schedule rounds each layer's count
+            assert abs(kept - wanted) <= 3
+        # Every bias kept: fewer parameters pruned than LOBSTER's share, by its pruned biases.
+        assert r["pruned_params_pct"] == pytest.approx(100 * (kernels - kept) / total, abs=1e-6)
+        assert r["pruned_params_pct"] < r["target_pruned_params_pct"]
+        assert json.loads(open(os.path.join(out, r["run_dir"], "result.json")).read())["kept_kernels"] == wanted
+    with pytest.raises(KerasPruneError, match=r"^\S+ has magnitude_oneshot, polynomial_decay rows made with "
+                                              r"magnitude_count = 'kernels', not 'params'; use another --out$"):
+        sweep.run(tiny(lobster_dir, seeds=[0], points=[2], methods=["magnitude_oneshot"],
+                       magnitude_scopes=["global"]), out, verbose=0)
+    with pytest.raises(KerasPruneError, match="drop imp from methods"):
+        tiny(lobster_dir, magnitude_count="kernels")
+    with pytest.raises(KerasPruneError, match="magnitude_count must be one of params, kernels, got 'weights'"):
+        tiny(lobster_dir, methods=["magnitude_oneshot"], magnitude_count="weights")
+
+
 def test_sweep_refuses_multiworker_and_says_what_to_do_instead(lobster_dir):
     with pytest.raises(KerasPruneError, match="one sweep process per machine"):
         tiny(lobster_dir, strategy="multiworker")
